@@ -1,0 +1,98 @@
+"""The errors zcompute-proxy raises on purpose, each mapped to the HTTP status a client sees.
+
+    ProxyError                      500  root; never raised bare
+    ├── ConfigError                 -    bad configuration; the CLI prints it and exits 2
+    ├── BadRequest                  400  a request the proxy refuses to forward
+    ├── IdentityError               502  identity answered something we cannot use
+    │   ├── CredentialsRejected     502  wrong password/passcode, locked, expired: latched
+    │   ├── MfaRequired             503  a TOTP code is needed and none is available
+    │   └── IdentityUnavailable     503  identity unreachable, 5xx or 429: retry later
+    └── UpstreamError               502  the zCompute endpoint failed
+        └── UpstreamTimeout         504
+
+Every message is safe to show a user: no password, token, TOTP secret or code ever goes in one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ProxyError(Exception):
+    """Root of our errors; `status` is the HTTP status and `code` a stable machine name."""
+
+    status: int = 500
+    code: str = "proxy_error"
+
+    def __init__(self, message: str, *, hint: str | None = None, scope: str | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.scope = scope
+        self.retry_after = retry_after
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON body a client receives for this error."""
+        body: dict[str, Any] = {"code": self.code, "status": self.status, "message": self.message}
+        if self.scope is not None:
+            body["scope"] = self.scope
+        if self.hint is not None:
+            body["hint"] = self.hint
+        if self.retry_after is not None:
+            body["retry_after"] = round(self.retry_after, 1)
+        return {"error": body, "source": "zcompute-proxy"}
+
+
+class ConfigError(ProxyError):
+    """A configuration value is missing or wrong; the message names the key and the fix."""
+
+    code = "config_error"
+
+
+class BadRequest(ProxyError):
+    """The client's request cannot be forwarded as it is."""
+
+    status = 400
+    code = "bad_request"
+
+
+class IdentityError(ProxyError):
+    """The identity service answered something we cannot use."""
+
+    status = 502
+    code = "identity_error"
+
+
+class CredentialsRejected(IdentityError):
+    """Identity refused the credentials; no login is attempted again until they change."""
+
+    code = "credentials_rejected"
+
+
+class MfaRequired(IdentityError):
+    """A TOTP code is required and none could be obtained."""
+
+    status = 503
+    code = "mfa_required"
+
+
+class IdentityUnavailable(IdentityError):
+    """Identity is unreachable or overloaded; the caller may retry later."""
+
+    status = 503
+    code = "identity_unavailable"
+
+
+class UpstreamError(ProxyError):
+    """The zCompute endpoint could not be reached or broke off."""
+
+    status = 502
+    code = "upstream_error"
+
+
+class UpstreamTimeout(UpstreamError):
+    """The zCompute endpoint did not answer in time."""
+
+    status = 504
+    code = "upstream_timeout"
