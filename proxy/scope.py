@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 
-class ScopeKind(str, Enum):
+class ScopeKind(StrEnum):
     """The three kinds of route scope."""
 
     ACCOUNT = "account"
