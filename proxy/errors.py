@@ -6,6 +6,7 @@
     ├── IdentityError               502  identity answered something we cannot use
     │   ├── CredentialsRejected     502  wrong password/passcode, locked, expired: latched
     │   ├── MfaRequired             503  a TOTP code is needed and none is available
+    │   ├── RescopeRefused          502  identity would not re-scope a token (we fall back)
     │   └── IdentityUnavailable     503  identity unreachable, 5xx or 429: retry later
     └── UpstreamError               502  the zCompute endpoint failed
         └── UpstreamTimeout         504
@@ -75,6 +76,12 @@ class MfaRequired(IdentityError):
 
     status = 503
     code = "mfa_required"
+
+
+class RescopeRefused(IdentityError):
+    """Identity refused to re-scope a token with the `token` method."""
+
+    code = "rescope_refused"
 
 
 class IdentityUnavailable(IdentityError):

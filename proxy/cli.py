@@ -1,0 +1,204 @@
+"""Command line: `zcompute-proxy [serve|simulate|demo|token|check|routes]`.
+
+Our own errors print one `Error: ...` line and exit 2 (configuration) or 1 (a failed login or
+check); nothing prints a traceback for an expected failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+from proxy import __version__, log
+from proxy.config import Config, ListenAddress, load, parse_listen
+from proxy.errors import ConfigError, ProxyError
+
+DEFAULT_SIMULATOR_LISTEN: Final = "127.0.0.1:9090"
+EXIT_FAILED: Final = 1
+EXIT_USAGE: Final = 2
+
+EPILOG: Final = """examples:
+  zcompute-proxy demo                         # simulator + proxy, ready-to-paste curl lines
+  ZCOMPUTE_URL=https://zc.example.com ZCOMPUTE_USERNAME=me ZCOMPUTE_ACCOUNT=acme \\
+  ZCOMPUTE_PROJECT=dev ZCOMPUTE_PASSWORD_FILE=~/.zc-pass zcompute-proxy serve
+  zcompute-proxy check                        # validate config, try each login
+  zcompute-proxy token --scope project:dev    # print a token for a script
+  zcompute-proxy routes /api/v2/compute/vms /api/v2/identity/users
+"""
+
+
+def _config_options(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by every command that reads the proxy configuration."""
+    group = parser.add_argument_group("configuration (flags > environment > file > defaults)")
+    group.add_argument("--config", type=os.path.expanduser, metavar="FILE",
+                       help="TOML file (default: ./zcompute-proxy.toml, "
+                            "~/.config/zcompute-proxy/config.toml)")
+    group.add_argument("--upstream", metavar="URL", help="zCompute base URL [ZCOMPUTE_URL]")
+    group.add_argument("--identity-url", metavar="URL",
+                       help="full identity URL [ZCOMPUTE_IDENTITY_URL] "
+                            "(default: UPSTREAM/api/v2/identity/auth)")
+    group.add_argument("--listen", metavar="HOST:PORT", help="default 127.0.0.1:8080")
+    group.add_argument("--username", help="[ZCOMPUTE_USERNAME]")
+    group.add_argument("--account", help="account (Keystone domain) name [ZCOMPUTE_ACCOUNT]")
+    group.add_argument("--project", help="default project [ZCOMPUTE_PROJECT]")
+    group.add_argument("--mfa", choices=("auto", "combined", "receipt"),
+                       help="how to send TOTP codes [ZCOMPUTE_MFA] (default auto)")
+    group.add_argument("--ca-bundle", metavar="FILE", help="CA bundle for the upstream's TLS")
+    group.add_argument("--insecure", action="store_const", const=True,
+                       help="do not verify the upstream's TLS certificate (warns)")
+    group.add_argument("--renew-margin", type=float, metavar="SECONDS",
+                       help="never use a token with less than this left (default automatic)")
+    group.add_argument("--route", action="append", default=[], metavar="[METHOD ]PATTERN=SCOPE",
+                       help="route rule, repeatable; SCOPE is account, project, project:NAME "
+                            "or none; e.g. --route '/api/v2/foo/**=account'")
+    group.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    group.add_argument("--log-format", choices=("auto", "console", "json"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every command."""
+    parser = argparse.ArgumentParser(
+        prog="zcompute-proxy", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Local authenticating reverse proxy for the Zadara zCompute API: send "
+                    "plain requests to it; it logs in, caches scoped tokens and injects them.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name: str, help_text: str, example: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help_text, description=help_text,
+                                   epilog=f"example:\n  {example}",
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    _config_options(command("serve", "run the proxy (the default command)",
+                            "zcompute-proxy serve --upstream https://zc.example.com"))
+    simulate = command("simulate", "run the built-in zCompute simulator",
+                       "zcompute-proxy simulate --listen 127.0.0.1:9090 --mfa")
+    demo = command("demo", "run the simulator and the proxy together, print curl lines",
+                   "zcompute-proxy demo && curl http://127.0.0.1:8080/api/v2/compute/vms")
+    for sub, default in ((simulate, DEFAULT_SIMULATOR_LISTEN), (demo, "127.0.0.1:8080")):
+        sub.add_argument("--listen", default=default, metavar="HOST:PORT",
+                         help=f"default {default}")
+        _simulator_arguments(sub)
+    demo.add_argument("--simulator-listen", default=DEFAULT_SIMULATOR_LISTEN, metavar="HOST:PORT")
+    token = command("token", "log in and print a token on stdout",
+                    "curl -H \"X-Auth-Token: $(zcompute-proxy token)\" https://zc.example.com/...")
+    token.add_argument("--scope", default="project", metavar="account|project[:NAME]",
+                       help="default: the default project")
+    _config_options(token)
+    _config_options(command("check", "validate the configuration and try each login",
+                            "zcompute-proxy check --config ~/.config/zcompute-proxy/config.toml"))
+    routes = command("routes", "show which scope each path gets and which rule decides",
+                     "zcompute-proxy routes --method POST /api/v2/compute/vms")
+    routes.add_argument("paths", nargs="+", metavar="PATH")
+    routes.add_argument("--method", default="GET", type=str.upper)
+    _config_options(routes)
+    return parser
+
+
+def _simulator_arguments(parser: argparse.ArgumentParser) -> None:
+    from proxy import simulator  # noqa: PLC0415 - only the simulator commands need it
+
+    simulator.add_arguments(parser)
+
+
+def config_from_args(args: argparse.Namespace, *, need_auth: bool = True) -> Config:
+    """Load the configuration named by the parsed flags."""
+    flags = {
+        "proxy.listen": args.listen, "upstream.url": args.upstream,
+        "upstream.identity_url": args.identity_url, "upstream.ca_bundle": args.ca_bundle,
+        "upstream.insecure": args.insecure, "auth.username": args.username,
+        "auth.account": args.account, "auth.project": args.project, "auth.mfa": args.mfa,
+        "tokens.renew_margin": args.renew_margin, "log.level": args.log_level,
+        "log.format": args.log_format,
+    }
+    return load(config_file=Path(args.config) if args.config else None, flags=flags,
+                routes=args.route, need_auth=need_auth)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `zcompute-proxy` command; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
+        argv.insert(0, "serve")
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as exc:
+        print(f"Error: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    except ProxyError as exc:
+        print(f"Error: {exc.message}" + (f"\nHint: {exc.hint}" if exc.hint else ""),
+              file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run(coro: Coroutine[Any, Any, int]) -> int:
+    return asyncio.run(coro)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """`serve`: run the proxy until SIGINT/SIGTERM."""
+    config = config_from_args(args)
+    log.configure(config.log.level, config.log.format)
+    from proxy.server import run_proxy  # noqa: PLC0415
+
+    return _run(run_proxy(config))
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """`simulate`: run the simulator alone."""
+    from proxy.server import run_simulator  # noqa: PLC0415
+
+    log.configure("info", "auto")
+    return _run(run_simulator(args, _listen(args.listen, "--listen")))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """`demo`: simulator and proxy in one process."""
+    from proxy.server import run_demo  # noqa: PLC0415
+
+    log.configure("info", "auto")
+    return _run(run_demo(args, _listen(args.listen, "--listen"),
+                         _listen(args.simulator_listen, "--simulator-listen")))
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    """`token`: print a token for the requested scope."""
+    from proxy.oneshot import print_token  # noqa: PLC0415
+
+    config = config_from_args(args)
+    log.configure("warning", "console" if sys.stderr.isatty() else "json")
+    return _run(print_token(config, args.scope))
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """`check`: validate and try the logins."""
+    from proxy.oneshot import check  # noqa: PLC0415
+
+    config = config_from_args(args)
+    log.configure("error", "console" if sys.stderr.isatty() else "json")
+    return _run(check(config))
+
+
+def cmd_routes(args: argparse.Namespace) -> int:
+    """`routes`: explain the routing of each path."""
+    from proxy.oneshot import explain_routes  # noqa: PLC0415
+
+    return explain_routes(config_from_args(args, need_auth=False), args.method, args.paths)
+
+
+def _listen(text: str, source: str) -> ListenAddress:
+    return parse_listen(text, source)
+
+
+COMMANDS: Final[dict[str, Callable[[argparse.Namespace], int]]] = {
+    "serve": cmd_serve, "simulate": cmd_simulate, "demo": cmd_demo, "token": cmd_token,
+    "check": cmd_check, "routes": cmd_routes,
+}

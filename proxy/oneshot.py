@@ -1,0 +1,82 @@
+"""One-shot commands: print a token, check the configuration, explain the routes."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+from proxy.app import build_services, route_table
+from proxy.clock import SystemClock
+from proxy.config import Config, parse_scope_spec
+from proxy.errors import ConfigError, ProxyError
+from proxy.scope import ACCOUNT, Scope, ScopeKind
+
+
+def requested_scope(spec: str, config: Config) -> Scope:
+    """`account`, `project` (the default project) or `project:NAME` as a Scope."""
+    parsed = parse_scope_spec(spec, "--scope")
+    if isinstance(parsed, Scope):
+        return parsed
+    if parsed is ScopeKind.ACCOUNT:
+        return ACCOUNT
+    project = config.auth.project if config.auth else None
+    if parsed is ScopeKind.NONE or not project:
+        raise ConfigError("--scope must be account or project:NAME when no default project is "
+                          "set (ZCOMPUTE_PROJECT)")
+    return Scope(ScopeKind.PROJECT, project)
+
+
+async def print_token(config: Config, spec: str, out: TextIO = sys.stdout) -> int:
+    """Log in and write the token for `spec` to `out`: for scripts, never for logs."""
+    scope = requested_scope(spec, config)
+    services = build_services(config)
+    try:
+        token = await services.tokens.get(scope)
+        out.write(token.value + "\n")
+    finally:
+        await services.tokens.close()
+        await services.session.close()
+    return 0
+
+
+async def check(config: Config, out: TextIO = sys.stdout) -> int:
+    """Try a login for the account and the default project; print what works."""
+    print(f"ok    configuration ({config.config_file or 'no file'}; "
+          f"upstream {config.upstream.url})", file=out)
+    for warning in config.warnings:
+        print(f"warn  {warning}", file=out)
+    scopes = [ACCOUNT] + ([Scope(ScopeKind.PROJECT, config.auth.project)]
+                          if config.auth and config.auth.project else [])
+    services = build_services(config)
+    failed = 0
+    try:
+        for scope in scopes:
+            try:
+                token = await services.tokens.get(scope)
+            except ProxyError as exc:
+                failed += 1
+                hint = f" (hint: {exc.hint})" if exc.hint else ""
+                print(f"FAIL  login {scope}: {exc.message}{hint}", file=out)
+            else:
+                print(f"ok    login {scope}: token {token.fingerprint}, "
+                      f"{token.remaining(SystemClock()):.0f} s left", file=out)
+    finally:
+        await services.tokens.close()
+        await services.session.close()
+    return 1 if failed else 0
+
+
+def explain_routes(config: Config, method: str, paths: Sequence[str],
+                   out: TextIO = sys.stdout) -> int:
+    """Print the scope each path gets and the rule that decided it."""
+    table = route_table(config)
+    for path in paths:
+        try:
+            route = table.resolve(method, path)
+        except ProxyError as exc:
+            print(f"{method} {path}  ->  refused: {exc.message}", file=out)
+            continue
+        print(f"{method} {path}  ->  {route.scope}   (rule {route.rule}, {route.rule.source})",
+              file=out)
+    return 0

@@ -1,0 +1,117 @@
+"""Long-running commands: the proxy, the simulator, and both together for the demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from typing import Final
+
+import structlog
+from aiohttp import web
+
+from proxy.app import create_app, runner_options
+from proxy.config import AuthConfig, Config, ListenAddress, UpstreamConfig
+from proxy.secret import Secret
+
+log = structlog.get_logger("proxy.server")
+
+DEMO_CURLS: Final = (
+    "curl {base}/api/v2/compute/vms                          # project {project}",
+    "curl -H 'X-Zcompute-Project: {other}' {base}/api/v2/compute/vms   # another project",
+    "curl {base}/api/v2/identity/projects                    # account scope",
+    "curl -X POST -H 'Content-Type: application/json' -d '{{\"name\": \"web-1\"}}' "
+    "{base}/api/v2/compute/vms",
+    "curl {base}/_proxy/status                               # cached tokens, no secrets",
+)
+
+
+async def start_proxy(config: Config) -> web.AppRunner:
+    """Start the proxy on `config.listen`; the caller cleans the runner up."""
+    runner = web.AppRunner(create_app(config), **runner_options(config))  # type: ignore[arg-type]
+    await runner.setup()
+    await web.TCPSite(runner, config.listen.host, config.listen.port).start()
+    for warning in config.warnings:
+        log.warning("config_warning", message=warning)
+    auth = config.auth
+    log.info("proxy_listening", listen=f"http://{config.listen}", upstream=str(config.upstream.url),
+             account=auth.account if auth else None, project=auth.project if auth else None,
+             try_it=f"curl http://{config.listen}/api/v2/compute/vms")
+    return runner
+
+
+async def wait_for_signal() -> None:
+    """Return on SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def run_proxy(config: Config) -> int:
+    """`serve`."""
+    runner = await start_proxy(config)
+    try:
+        await wait_for_signal()
+    finally:
+        await runner.cleanup()
+    return 0
+
+
+async def start_simulator(args: argparse.Namespace, listen: ListenAddress) -> web.AppRunner:
+    """Start the simulator with the options parsed from `args`."""
+    from proxy import simulator  # noqa: PLC0415
+
+    runner = await simulator.serve(simulator.options_from_args(args), listen.host, listen.port)
+    log.info("simulator_listening", url=f"http://{listen}")
+    return runner
+
+
+async def run_simulator(args: argparse.Namespace, listen: ListenAddress) -> int:
+    """`simulate`."""
+    runner = await start_simulator(args, listen)
+    try:
+        await wait_for_signal()
+    finally:
+        await runner.cleanup()
+    return 0
+
+
+def demo_config(listen: ListenAddress, simulator_url: str, mfa: bool) -> Config:
+    """A proxy configuration for the simulator's built-in demo user."""
+    from yarl import URL  # noqa: PLC0415
+
+    from proxy.simulator import defaults  # noqa: PLC0415
+
+    base = URL(simulator_url)
+    return Config(
+        listen=listen,
+        upstream=UpstreamConfig(url=base, identity_url=base / "api/v2/identity/auth"),
+        auth=AuthConfig(username=defaults.ALICE, account=defaults.DEFAULT_ACCOUNT,
+                        project=defaults.DEV_PROJECT, password=Secret(defaults.ALICE_PASSWORD),
+                        totp_secret=Secret(defaults.DEFAULT_TOTP_SECRET) if mfa else None),
+        routes=(),
+    )
+
+
+async def run_demo(args: argparse.Namespace, listen: ListenAddress,
+                   simulator_listen: ListenAddress) -> int:
+    """`demo`: simulator and proxy together, with curl lines to paste."""
+    from proxy.simulator import defaults  # noqa: PLC0415
+
+    sim = await start_simulator(args, simulator_listen)
+    config = demo_config(listen, f"http://{simulator_listen}", bool(getattr(args, "mfa", False)))
+    proxy = await start_proxy(config)
+    base = f"http://{listen}"
+    lines = [line.format(base=base, project=defaults.DEV_PROJECT, other=defaults.PROD_PROJECT)
+             for line in DEMO_CURLS]
+    print("\nzcompute-proxy demo is running (Ctrl-C to stop). Try:\n\n  "
+          + "\n  ".join(lines) + "\n", file=sys.stdout, flush=True)
+    try:
+        await wait_for_signal()
+    finally:
+        await proxy.cleanup()
+        await sim.cleanup()
+    return 0
