@@ -1,0 +1,1 @@
+"""Integration tests (real upstream servers on loopback)."""

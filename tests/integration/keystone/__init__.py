@@ -1,0 +1,1 @@
+"""Integration tier: a real OpenStack Keystone and a Keystone-protected service on loopback."""
