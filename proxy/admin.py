@@ -25,7 +25,7 @@ def status_document(config: Config, tokens: TokenManager, started: float) -> dic
         "identity_url": str(config.upstream.identity_url),
         "username": auth.username if auth else None,
         "account": auth.account if auth else None,
-        "default_project": auth.project if auth else None,
+        "default_project": config.default_project,
         "totp": "secret configured" if auth and auth.totp_secret else "none",
         "tokens": [asdict(row) for row in tokens.status()],
         "errors": {str(scope): exc.to_json()["error"]

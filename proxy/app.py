@@ -85,7 +85,7 @@ def route_table(config: Config) -> RouteTable:
     identity_path = None
     if identity.origin() == upstream.origin() and identity.path.startswith(upstream.path):
         identity_path = "/" + identity.path[len(upstream.path):].lstrip("/")
-    return RouteTable(config.routes, default_project=config.auth.project if config.auth else None,
+    return RouteTable(config.routes, default_project=config.default_project,
                       identity_path=identity_path)
 
 

@@ -118,7 +118,6 @@ class AuthConfig:
 
     username: str
     account: str
-    project: str | None
     password: Secret
     totp_secret: Secret | None = None
     mfa: MfaMode = "auto"
@@ -162,6 +161,7 @@ class Config:
     upstream: UpstreamConfig
     auth: AuthConfig | None
     routes: tuple[RouteRule, ...]
+    default_project: str | None = None
     tokens: TokenConfig = field(default_factory=TokenConfig)
     log: LogConfig = field(default_factory=LogConfig)
     max_header_size: int = DEFAULT_MAX_HEADER_SIZE
@@ -190,6 +190,7 @@ def load(
         upstream=builder.upstream(),
         auth=builder.auth() if need_auth else builder.auth_if_complete(),
         routes=rules,
+        default_project=builder.text("auth.project"),
         tokens=builder.tokens(),
         log=LogConfig(level=builder.choice("log.level", LOG_LEVELS, "info"),
                       format=builder.choice("log.format", LOG_FORMATS, "auto")),
@@ -425,7 +426,6 @@ class _Builder:
         return AuthConfig(
             username=self.required("auth.username", "YOUR_USER"),
             account=self.required("auth.account", "YOUR_ACCOUNT"),
-            project=self.text("auth.project"),
             password=password,
             totp_secret=Secret(parse_totp_secret(totp, self._totp_source())) if totp else None,
             mfa=self.choice("auth.mfa", MFA_MODES, "auto"),  # type: ignore[arg-type]

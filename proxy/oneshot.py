@@ -20,7 +20,7 @@ def requested_scope(spec: str, config: Config) -> Scope:
         return parsed
     if parsed is ScopeKind.ACCOUNT:
         return ACCOUNT
-    project = config.auth.project if config.auth else None
+    project = config.default_project
     if parsed is ScopeKind.NONE or not project:
         raise ConfigError("--scope must be account or project:NAME when no default project is "
                           "set (ZCOMPUTE_PROJECT)")
@@ -46,8 +46,8 @@ async def check(config: Config, out: TextIO = sys.stdout) -> int:
           f"upstream {config.upstream.url})", file=out)
     for warning in config.warnings:
         print(f"warn  {warning}", file=out)
-    scopes = [ACCOUNT] + ([Scope(ScopeKind.PROJECT, config.auth.project)]
-                          if config.auth and config.auth.project else [])
+    scopes = [ACCOUNT] + ([Scope(ScopeKind.PROJECT, config.default_project)]
+                          if config.default_project else [])
     services = build_services(config)
     failed = 0
     try:

@@ -36,7 +36,7 @@ async def start_proxy(config: Config) -> web.AppRunner:
         log.warning("config_warning", message=warning)
     auth = config.auth
     log.info("proxy_listening", listen=f"http://{config.listen}", upstream=str(config.upstream.url),
-             account=auth.account if auth else None, project=auth.project if auth else None,
+             account=auth.account if auth else None, project=config.default_project,
              try_it=f"curl http://{config.listen}/api/v2/compute/vms")
     return runner
 
@@ -90,9 +90,10 @@ def demo_config(listen: ListenAddress, simulator_url: str, mfa: bool) -> Config:
         listen=listen,
         upstream=UpstreamConfig(url=base, identity_url=base / "api/v2/identity/auth"),
         auth=AuthConfig(username=defaults.ALICE, account=defaults.DEFAULT_ACCOUNT,
-                        project=defaults.DEV_PROJECT, password=Secret(defaults.ALICE_PASSWORD),
+                        password=Secret(defaults.ALICE_PASSWORD),
                         totp_secret=Secret(defaults.DEFAULT_TOTP_SECRET) if mfa else None),
         routes=(),
+        default_project=defaults.DEV_PROJECT,
     )
 
 

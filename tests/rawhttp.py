@@ -125,17 +125,17 @@ def json_reply(body: bytes = b"{}", status: str = "200 OK",
 
 
 async def raw_exchange(port: int, data: bytes, *, read_until_close: bool = False,
-                       timeout: float = 5.0) -> bytes:
+                       limit_s: float = 5.0) -> bytes:
     """Send exact bytes to 127.0.0.1:port and return what comes back (one response)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(data)
         await writer.drain()
         if read_until_close:
-            return await asyncio.wait_for(reader.read(), timeout)
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+            return await asyncio.wait_for(reader.read(), limit_s)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), limit_s)
         length = _content_length(head)
-        body = await asyncio.wait_for(reader.readexactly(length), timeout) if length else b""
+        body = await asyncio.wait_for(reader.readexactly(length), limit_s) if length else b""
         return head + body
     finally:
         writer.close()

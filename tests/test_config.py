@@ -33,7 +33,7 @@ def test_defaults_and_identity_url_derived_from_upstream() -> None:
     assert str(config.listen) == "127.0.0.1:8080"
     assert str(config.upstream.identity_url) == "https://zc.example.com/api/v2/identity/auth"
     assert config.auth is not None
-    assert config.auth.project is None
+    assert config.default_project is None
     assert config.auth.password.reveal() == "pw-secret-1"
 
 
@@ -45,7 +45,7 @@ def test_flags_beat_environment_beat_file(tmp_path: Path) -> None:
     env = {**BASE_ENV, "ZCOMPUTE_PROJECT": "from-env"}
     config = load(config_file=path, environ=env, flags={"auth.project": "from-flag"})
     assert config.auth is not None
-    assert config.auth.project == "from-flag"
+    assert config.default_project == "from-flag"
     assert config.auth.account == "acme"  # env beats file
     assert str(config.upstream.url) == "https://zc.example.com/"
     assert config.listen.port == 9000  # file beats default
@@ -59,7 +59,7 @@ def test_config_file_found_in_working_directory(tmp_path: Path,
     monkeypatch.chdir(tmp_path)
     config = load(environ=BASE_ENV)
     assert config.auth is not None
-    assert config.auth.project == "here"
+    assert config.default_project == "here"
 
 
 def test_config_file_found_in_xdg_config_home(tmp_path: Path) -> None:
@@ -68,7 +68,7 @@ def test_config_file_found_in_xdg_config_home(tmp_path: Path) -> None:
     _write(tmp_path / "zcompute-proxy", '[auth]\nproject = "xdg"\n', "config.toml")
     config = load(environ={**BASE_ENV, "XDG_CONFIG_HOME": str(tmp_path)})
     assert config.auth is not None
-    assert config.auth.project == "xdg"
+    assert config.default_project == "xdg"
 
 
 @pytest.mark.parametrize(("env", "flags", "fragment"), [
@@ -101,7 +101,7 @@ def test_bad_values_name_the_key_and_the_fix(env: dict[str, str | None], flags: 
 def test_secrets_are_refused_in_the_config_file(tmp_path: Path) -> None:
     """A password in the TOML file is an error that points to password_file / the env var."""
     path = _write(tmp_path, '[auth]\npassword = "hunter2"\n')
-    with pytest.raises(ConfigError, match="auth.password_file or the ZCOMPUTE_PASSWORD"):
+    with pytest.raises(ConfigError, match=r"auth\.password_file or the ZCOMPUTE_PASSWORD"):
         load(config_file=path, environ=BASE_ENV)
 
 
