@@ -21,6 +21,9 @@ RECEIPT_EXPIRATION_S = 300  # [receipt] expiration
 LOCKOUT_FAILURE_ATTEMPTS = 3  # [security_compliance] lockout_failure_attempts
 LOCKOUT_DURATION_S = 60  # [security_compliance] lockout_duration
 REGION = "RegionOne"
+# bcrypt cost 4 (the minimum) instead of 12: every password login (and the middleware logs its
+# service user in on every validation, as 30 s tokens are always "about to expire") stays cheap.
+PASSWORD_HASH_ROUNDS = 4
 
 # --- the bootstrap admin (Default domain, project "admin", role "admin" + system admin) --------
 ADMIN_USER = "admin"
