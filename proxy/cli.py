@@ -53,6 +53,11 @@ def _config_options(parser: argparse.ArgumentParser) -> None:
                        help="do not verify the upstream's TLS certificate (warns)")
     group.add_argument("--renew-margin", type=float, metavar="SECONDS",
                        help="never use a token with less than this left (default automatic)")
+    group.add_argument("--mfa-wait", type=float, metavar="SECONDS",
+                       help="how long a request waits for a person to give a TOTP code "
+                            "(default 60)")
+    group.add_argument("--revoke-on-exit", action="store_const", const=True,
+                       help="revoke our tokens when the proxy stops")
     group.add_argument("--route", action="append", default=[], metavar="[METHOD ]PATTERN=SCOPE",
                        help="route rule, repeatable; SCOPE is account, project, project:NAME "
                             "or none; e.g. --route '/api/v2/foo/**=account'")
@@ -113,7 +118,8 @@ def config_from_args(args: argparse.Namespace, *, need_auth: bool = True) -> Con
         "upstream.identity_url": args.identity_url, "upstream.ca_bundle": args.ca_bundle,
         "upstream.insecure": args.insecure, "auth.username": args.username,
         "auth.account": args.account, "auth.project": args.project, "auth.mfa": args.mfa,
-        "tokens.renew_margin": args.renew_margin, "log.level": args.log_level,
+        "tokens.renew_margin": args.renew_margin, "tokens.mfa_wait": args.mfa_wait,
+        "tokens.revoke_on_exit": args.revoke_on_exit, "log.level": args.log_level,
         "log.format": args.log_format,
     }
     return load(config_file=Path(args.config) if args.config else None, flags=flags,

@@ -30,6 +30,7 @@ DEFAULT_READ_TIMEOUT: Final = 300.0
 DEFAULT_MAX_CONNECTIONS: Final = 100
 DEFAULT_REPLAY_LIMIT: Final = 64 * 1024
 DEFAULT_MAX_HEADER_SIZE: Final = 64 * 1024
+DEFAULT_MFA_WAIT: Final = 60.0
 CONFIG_FILE_NAME: Final = "zcompute-proxy.toml"
 
 MfaMode = Literal["auto", "combined", "receipt"]
@@ -53,6 +54,8 @@ ENVIRONMENT: Final[Mapping[str, str]] = {
     "auth.totp_secret_file": "ZCOMPUTE_TOTP_SECRET_FILE",
     "auth.mfa": "ZCOMPUTE_MFA",
     "tokens.renew_margin": "ZCOMPUTE_RENEW_MARGIN",
+    "tokens.mfa_wait": "ZCOMPUTE_MFA_WAIT",
+    "tokens.revoke_on_exit": "ZCOMPUTE_REVOKE_ON_EXIT",
     "log.level": "ZCOMPUTE_LOG_LEVEL",
     "log.format": "ZCOMPUTE_LOG_FORMAT",
 }
@@ -69,6 +72,8 @@ FLAGS: Final[Mapping[str, str]] = {
     "auth.project": "--project",
     "auth.mfa": "--mfa",
     "tokens.renew_margin": "--renew-margin",
+    "tokens.mfa_wait": "--mfa-wait",
+    "tokens.revoke_on_exit": "--revoke-on-exit",
     "log.level": "--log-level",
     "log.format": "--log-format",
 }
@@ -76,7 +81,7 @@ FLAGS: Final[Mapping[str, str]] = {
 # settings a file may hold (secrets only as *_file)
 FILE_KEYS: Final = frozenset(ENVIRONMENT) - {"auth.password", "auth.totp_secret"} | {
     "upstream.connect_timeout", "upstream.read_timeout", "upstream.max_connections",
-    "tokens.replay_limit", "proxy.max_header_size",
+    "tokens.replay_limit", "tokens.mfa_wait", "tokens.revoke_on_exit", "proxy.max_header_size",
 }
 
 
@@ -143,6 +148,8 @@ class TokenConfig:
 
     renew_margin: float | None = None
     replay_limit: int = DEFAULT_REPLAY_LIMIT
+    mfa_wait: float = DEFAULT_MFA_WAIT
+    revoke_on_exit: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -446,6 +453,8 @@ class _Builder:
         return TokenConfig(
             renew_margin=self.number("tokens.renew_margin", 0, 0) if margin else None,
             replay_limit=self.integer("tokens.replay_limit", DEFAULT_REPLAY_LIMIT, 0),
+            mfa_wait=self.number("tokens.mfa_wait", DEFAULT_MFA_WAIT, 1),
+            revoke_on_exit=self.flag("tokens.revoke_on_exit"),
         )
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
+from collections.abc import Callable
 from typing import Final, Protocol
 
 import pyotp
@@ -48,3 +50,60 @@ class SecretPasscodes:
                 step = self._last_step + 1
             self._last_step = step
             return str(self._totp.at(step * TOTP_STEP))
+
+
+class HumanPasscodes:
+    """Codes typed by a person (terminal, `zcompute-proxy totp CODE`, `POST /_proxy/totp`).
+
+    A login that needs a code waits up to `wait` seconds for one. A code supplied while no
+    login waits is kept for one TOTP step and used by the next login (the caller starts one).
+    The same code is never used twice.
+    """
+
+    def __init__(self, clock: Clock, *, wait: float, how_to: str) -> None:
+        self._clock = clock
+        self._wait = wait
+        self._how_to = how_to
+        self._pending: asyncio.Future[str] | None = None
+        self._stored: tuple[str, float] | None = None
+        self._used: deque[str] = deque(maxlen=16)
+        self.on_needed: list[Callable[[], None]] = []
+
+    @property
+    def waiting(self) -> bool:
+        """True while a login waits for a code."""
+        return self._pending is not None and not self._pending.done()
+
+    async def passcode(self) -> str:
+        """A code from a person: a stored fresh one, or the next one supplied within `wait`."""
+        stored, self._stored = self._stored, None
+        if stored is not None and self._clock.monotonic() - stored[1] < TOTP_STEP:
+            return self._use(stored[0])
+        self._pending = asyncio.get_running_loop().create_future()
+        for notify in self.on_needed:
+            notify()
+        try:
+            return self._use(await asyncio.wait_for(asyncio.shield(self._pending), self._wait))
+        except TimeoutError:
+            raise MfaRequired(f"a TOTP code is needed and none came within {self._wait:.0f} s",
+                              hint=self._how_to) from None
+        finally:
+            self._pending = None
+
+    def supply(self, code: str) -> bool:
+        """Take a code; True if a waiting login got it, False if it was kept for the next one."""
+        code = code.strip().replace(" ", "")
+        if not code.isdigit() or not 6 <= len(code) <= 8:
+            raise MfaRequired("a TOTP code is 6 to 8 digits", hint=self._how_to)
+        if code in self._used:
+            raise MfaRequired("that code was used already; wait for the next one",
+                              hint=self._how_to)
+        if self._pending is not None and not self._pending.done():
+            self._pending.set_result(code)
+            return True
+        self._stored = (code, self._clock.monotonic())
+        return False
+
+    def _use(self, code: str) -> str:
+        self._used.append(code)
+        return code

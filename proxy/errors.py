@@ -83,6 +83,10 @@ class RescopeRefused(IdentityError):
 
     code = "rescope_refused"
 
+    def __init__(self, message: str, *, status_seen: int, scope: str | None = None) -> None:
+        super().__init__(message, scope=scope)
+        self.status_seen = status_seen
+
 
 class IdentityUnavailable(IdentityError):
     """Identity is unreachable or overloaded; the caller may retry later."""

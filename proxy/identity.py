@@ -40,6 +40,7 @@ RECEIPT_HEADER: Final = "Openstack-Auth-Receipt"
 SUBJECT_TOKEN_HEADER: Final = "X-Subject-Token"  # noqa: S105 - a header name
 DEFAULT_TTL: Final = timedelta(hours=4)
 MAX_ERROR_TEXT: Final = 300
+MAX_SKEW: Final = 60
 TIMEOUT: Final = aiohttp.ClientTimeout(total=30)
 JSON_HEADERS: Final = {"Content-Type": "application/json", "Accept": "application/json"}
 
@@ -172,11 +173,12 @@ class IdentityClient:
     """Logs in and re-scopes against the identity URL, sharing the proxy's client session."""
 
     def __init__(self, session: aiohttp.ClientSession, url: URL, auth: AuthConfig,
-                 passcodes: PasscodeSource | None, clock: Clock, *,
+                 passcodes: PasscodeSource, clock: Clock, *,
                  remember: Callable[[str], None] = lambda _secret: None) -> None:
         self._session, self._url, self._auth = session, url, auth
         self._passcodes, self._clock = passcodes, clock
         self._remember = remember  # tells the log redactor about each new token
+        self.clock_skew: float | None = None
         self._mfa_known = auth.mfa == "combined"
 
     async def login(self, scope: Scope) -> Token:
@@ -202,19 +204,36 @@ class IdentityClient:
         if reply.status == 429 or reply.status >= 500:
             raise self._unavailable(reply, scope)
         raise RescopeRefused(f"re-scoping to {scope} was refused with {reply.status}: "
-                             f"{server_message(reply)}", scope=str(scope))
+                             f"{server_message(reply)}", scope=str(scope),
+                             status_seen=reply.status)
 
     def _token(self, reply: Reply, scope: Scope) -> Token:
         token = parse_token(reply, scope)
         self._remember(token.value)
         return token
 
+    @property
+    def mfa_known(self) -> bool:
+        """True once identity asked this user for a TOTP code (or MFA is configured)."""
+        return self._mfa_known
+
+    async def revoke(self, token: Token) -> bool:
+        """Revoke `token` (Keystone DELETE on the identity URL); True when identity agreed."""
+        headers = {"X-Auth-Token": token.value, SUBJECT_TOKEN_HEADER: token.value}
+        try:
+            async with self._session.delete(self._url, headers=headers, timeout=TIMEOUT,
+                                            allow_redirects=False) as resp:
+                return resp.status in (200, 204)
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
     async def _passcode(self, scope: Scope) -> str:
-        if self._passcodes is None:
-            raise MfaRequired(
-                f"login for {scope} needs a TOTP code and no TOTP secret is configured",
-                scope=str(scope), hint="set ZCOMPUTE_TOTP_SECRET or ZCOMPUTE_TOTP_SECRET_FILE")
-        return await self._passcodes.passcode()
+        try:
+            return await self._passcodes.passcode()
+        except MfaRequired as exc:
+            exc.scope = str(scope)
+            exc.message = f"login for {scope}: {exc.message}"
+            raise
 
     async def _post(self, body: dict[str, Any], scope: Scope,
                     headers: dict[str, str] | None = None) -> Reply:
@@ -224,11 +243,25 @@ class IdentityClient:
                                           headers={**JSON_HEADERS, **(headers or {})},
                                           allow_redirects=False, timeout=TIMEOUT) as resp:
                 payload = await resp.read()
-                return Reply(resp.status, resp.headers, payload, sent_mono, sent_wall)
+                reply = Reply(resp.status, resp.headers, payload, sent_mono, sent_wall)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise IdentityUnavailable(
                 f"cannot reach identity at {self._url}: {exc.__class__.__name__}",
                 scope=str(scope)) from None
+        self._check_skew(reply)
+        return reply
+
+    def _check_skew(self, reply: Reply) -> None:
+        """Note how far our wall clock is from the server's `Date`; warn past MAX_SKEW."""
+        try:
+            server = parsedate_to_datetime(reply.headers["Date"]).timestamp()
+        except (KeyError, TypeError, ValueError):
+            return
+        skew = round(reply.sent_wall - server)
+        if abs(skew) > MAX_SKEW and (self.clock_skew is None or abs(skew - self.clock_skew) > 30):
+            log.warning("clock_skew", seconds=skew, detail="our clock differs from identity's "
+                        "Date header; token lifetimes are measured skew-free, but check NTP")
+        self.clock_skew = skew
 
     def _login_error(self, reply: Reply, scope: Scope, *, mfa: bool) -> IdentityError:
         if reply.status == 429 or reply.status >= 500:

@@ -6,11 +6,11 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
-from proxy.app import build_services, route_table
 from proxy.clock import SystemClock
 from proxy.config import Config, parse_scope_spec
 from proxy.errors import ConfigError, ProxyError
 from proxy.scope import ACCOUNT, Scope, ScopeKind
+from proxy.services import build_services, route_table
 
 
 def requested_scope(spec: str, config: Config) -> Scope:
@@ -35,8 +35,7 @@ async def print_token(config: Config, spec: str, out: TextIO = sys.stdout) -> in
         token = await services.tokens.get(scope)
         out.write(token.value + "\n")
     finally:
-        await services.tokens.close()
-        await services.session.close()
+        await services.close()
     return 0
 
 
@@ -62,8 +61,7 @@ async def check(config: Config, out: TextIO = sys.stdout) -> int:
                 print(f"ok    login {scope}: token {token.fingerprint}, "
                       f"{token.remaining(SystemClock()):.0f} s left", file=out)
     finally:
-        await services.tokens.close()
-        await services.session.close()
+        await services.close()
     return 1 if failed else 0
 
 

@@ -82,6 +82,11 @@ class RouteTable:
             for r in self.rules)
         self.default_project = default_project
 
+    def adopt(self, other: RouteTable) -> None:
+        """Take over the rules and default project of `other` (a configuration reload)."""
+        self.rules, self._compiled = other.rules, other._compiled
+        self.default_project = other.default_project
+
     def resolve(self, method: str, raw_target: str, project_header: str | None = None) -> Route:
         """Pick the scope for a request; raise `BadRequest` for targets we refuse."""
         path, sep, query = raw_target.partition("?")

@@ -41,7 +41,7 @@ DEFAULT_MIN_MARGIN: Final = 300.0
 MARGIN_FRACTION: Final = 0.10
 MARGIN_CAP_FRACTION: Final = 0.20
 RENEW_JITTER: Final = 0.10
-MIN_AGE_FOR_INVALIDATION: Final = 10.0
+REJECTION_INTERVAL: Final = 10.0
 MAX_SCOPES: Final = 256
 
 
@@ -140,6 +140,8 @@ class TokenManager:
         self._inflight: dict[Scope, asyncio.Task[_Entry]] = {}
         self._backoff: dict[Scope, _Backoff] = {}
         self._latched: dict[Scope, ProxyError] = {}
+        self._rejected: dict[Scope, float] = {}
+        self._rescope_unsupported = False
         self._backoff_base, self._backoff_max = backoff_base, backoff_max
         self.listeners: list[Callable[[str, Scope, dict[str, Any]], None]] = []
 
@@ -157,24 +159,51 @@ class TokenManager:
         return (await self._shared_issue(scope)).token
 
     def invalidate(self, token: Token) -> bool:
-        """Drop `token` after the upstream refused it, if it is still the cached one.
+        """Drop `token` after the upstream refused it; True if the caller may retry.
 
-        A token younger than MIN_AGE_FOR_INVALIDATION is kept: an upstream that refuses every
-        token must not drive a login per request.
+        Only the cached token is dropped (a late 401 for an older token keeps the newer one).
+        At most one such drop per scope every REJECTION_INTERVAL seconds, so an upstream that
+        refuses every token cannot drive a login per request.
         """
         entry = self._cache.get(token.scope)
         if entry is None or entry.token is not token:
             return entry is not None  # a newer token is already there: use it
-        if token.age(self._clock) < MIN_AGE_FOR_INVALIDATION:
+        now = self._clock.monotonic()
+        if now - self._rejected.get(token.scope, -REJECTION_INTERVAL) < REJECTION_INTERVAL:
             return False
+        self._rejected[token.scope] = now
         del self._cache[token.scope]
         self._emit("invalidated", token.scope, fingerprint=token.fingerprint)
         return True
+
+    def renew_now(self, scope: Scope = ACCOUNT) -> asyncio.Task[_Entry]:
+        """Clear latches and start a renewal of `scope` at once (an operator's 'login')."""
+        self.reset()
+        self._rejected.clear()
+        return self._inflight.get(scope) or self._start_issue(scope)
+
+    def replace_issuer(self, issuer: Issuer) -> None:
+        """Use new credentials: forget every token, latch and backoff."""
+        self._issuer = issuer
+        self._cache.clear()
+        self.reset()
 
     def reset(self) -> None:
         """Forget latched failures and backoffs (credentials changed or an operator asked)."""
         self._latched.clear()
         self._backoff.clear()
+
+    def cached(self) -> list[Token]:
+        """The cached tokens, project tokens first (revoke order)."""
+        tokens = [entry.token for entry in list(self._cache.values())]
+        return sorted(tokens, key=lambda t: t.scope.kind is ScopeKind.ACCOUNT)
+
+    def renews_in(self, scope: Scope) -> float | None:
+        """Seconds until `scope`'s token is due for renewal; None if none is cached."""
+        entry = self._cache.get(scope)
+        if entry is None:
+            return None
+        return max(0.0, entry.token.remaining(self._clock) - entry.renew_at)
 
     def latched(self) -> dict[Scope, ProxyError]:
         """Scopes whose login failed definitively, with the error."""
@@ -255,14 +284,25 @@ class TokenManager:
         return entry
 
     async def _obtain(self, scope: Scope) -> Token:
-        if scope.kind is ScopeKind.ACCOUNT:
+        if scope.kind is ScopeKind.ACCOUNT or self._rescope_unsupported:
             return await self._fresh_login(scope)
-        parent = await self._fresh_parent()
-        try:
-            return await self._issuer.rescope(parent.token, scope)
-        except RescopeRefused as exc:
-            self._emit("rescope_refused", scope, error=exc.message)
-            return await self._fresh_login(scope)
+        for attempt in range(2):
+            parent = await self._fresh_parent()
+            try:
+                return await self._issuer.rescope(parent.token, scope)
+            except RescopeRefused as exc:
+                self._emit("rescope_refused", scope, error=exc.message, status=exc.status_seen)
+                if exc.status_seen == 404 and not attempt:
+                    self._drop(parent.token)  # Keystone: 404 = the parent token is invalid
+                    continue
+                self._rescope_unsupported = exc.status_seen in (400, 403, 405, 501)
+                break
+        return await self._fresh_login(scope)
+
+    def _drop(self, token: Token) -> None:
+        entry = self._cache.get(token.scope)
+        if entry is not None and entry.token is token:
+            del self._cache[token.scope]
 
     async def _fresh_parent(self) -> _Entry:
         """An account token that is not due for renewal (a child inherits its expiry)."""
@@ -298,6 +338,7 @@ class TokenManager:
         delay = min(self._backoff_max, self._backoff_base * 2 ** (backoff.failures - 1))
         delay = max(delay * random.uniform(0.5, 1.0), exc.retry_after or 0.0)  # noqa: S311
         backoff.until = self._clock.monotonic() + delay
+        exc.retry_after = delay
         self._emit("identity_unavailable", scope, error=exc.message, retry_in=round(delay, 1))
 
     def _emit(self, event: str, scope: Scope, **fields: Any) -> None:
