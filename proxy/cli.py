@@ -97,6 +97,19 @@ def build_parser() -> argparse.ArgumentParser:
     _config_options(token)
     _config_options(command("check", "validate the configuration and try each login",
                             "zcompute-proxy check --config ~/.config/zcompute-proxy/config.toml"))
+    for name, help_text, example in (
+            ("login", "tell the running proxy to clear failures and log in again now",
+             "zcompute-proxy login"),
+            ("reload", "tell the running proxy to re-read its configuration and secret files",
+             "zcompute-proxy reload"),
+            ("totp", "give the running proxy a TOTP code (when no TOTP secret is configured)",
+             "zcompute-proxy totp 123456")):
+        sub = command(name, help_text, example)
+        if name == "totp":
+            sub.add_argument("code", metavar="CODE", help="the 6-digit code")
+        sub.add_argument("--proxy-url", metavar="URL",
+                         help="the running proxy (default: http://LISTEN from the configuration)")
+        _config_options(sub)
     routes = command("routes", "show which scope each path gets and which rule decides",
                      "zcompute-proxy routes --method POST /api/v2/compute/vms")
     routes.add_argument("paths", nargs="+", metavar="PATH")
@@ -155,7 +168,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     log.configure(config.log.level, config.log.format)
     from proxy.server import run_proxy  # noqa: PLC0415
 
-    return _run(run_proxy(config))
+    return _run(run_proxy(config, loader=lambda: config_from_args(args)))
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -200,11 +213,21 @@ def cmd_routes(args: argparse.Namespace) -> int:
     return explain_routes(config_from_args(args, need_auth=False), args.method, args.paths)
 
 
+def cmd_control(args: argparse.Namespace) -> int:
+    """`login`, `reload`, `totp CODE`: POST to the running proxy's admin endpoint."""
+    from proxy.control import post_to_proxy  # noqa: PLC0415
+
+    base = args.proxy_url or f"http://{config_from_args(args, need_auth=False).listen}"
+    body = {"code": args.code} if args.command == "totp" else {}
+    return post_to_proxy(f"{base.rstrip('/')}/_proxy/{args.command}", body)
+
+
 def _listen(text: str, source: str) -> ListenAddress:
     return parse_listen(text, source)
 
 
 COMMANDS: Final[dict[str, Callable[[argparse.Namespace], int]]] = {
     "serve": cmd_serve, "simulate": cmd_simulate, "demo": cmd_demo, "token": cmd_token,
-    "check": cmd_check, "routes": cmd_routes,
+    "check": cmd_check, "routes": cmd_routes, "login": cmd_control, "reload": cmd_control,
+    "totp": cmd_control,
 }

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import signal
 import sys
+from collections.abc import Callable
 from typing import Final
 
 import structlog
@@ -13,7 +14,12 @@ from aiohttp import web
 
 from proxy.app import create_app, runner_options
 from proxy.config import AuthConfig, Config, ListenAddress, UpstreamConfig
+from proxy.credentials import HumanPasscodes
+from proxy.errors import ConfigError
+from proxy.prompt import TerminalPrompt
+from proxy.reload import apply_config
 from proxy.secret import Secret
+from proxy.services import SERVICES, Services
 
 log = structlog.get_logger("proxy.server")
 
@@ -27,9 +33,11 @@ DEMO_CURLS: Final = (
 )
 
 
-async def start_proxy(config: Config) -> web.AppRunner:
+async def start_proxy(config: Config,
+                      loader: Callable[[], Config] | None = None) -> web.AppRunner:
     """Start the proxy on `config.listen`; the caller cleans the runner up."""
-    runner = web.AppRunner(create_app(config), **runner_options(config))  # type: ignore[arg-type]
+    app = create_app(config, loader=loader)
+    runner = web.AppRunner(app, **runner_options(config))  # type: ignore[arg-type]
     await runner.setup()
     await web.TCPSite(runner, config.listen.host, config.listen.port).start()
     for warning in config.warnings:
@@ -50,14 +58,37 @@ async def wait_for_signal() -> None:
     await stop.wait()
 
 
-async def run_proxy(config: Config) -> int:
-    """`serve`."""
-    runner = await start_proxy(config)
+async def run_proxy(config: Config, loader: Callable[[], Config] | None = None) -> int:
+    """`serve`: reload on SIGHUP; prompt for TOTP codes when attached to a terminal."""
+    runner = await start_proxy(config, loader)
+    services = runner.app[SERVICES]
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, _reload_on_signal, services)
+    prompt = terminal_prompt(services)
     try:
         await wait_for_signal()
     finally:
+        loop.remove_signal_handler(signal.SIGHUP)
+        if prompt is not None:
+            prompt.close()
         await runner.cleanup()
     return 0
+
+
+def _reload_on_signal(services: Services) -> None:
+    if services.loader is None:
+        return
+    try:
+        apply_config(services, services.loader())
+    except ConfigError as exc:
+        log.error("reload_failed", error=exc.message, detail="kept the running configuration")
+
+
+def terminal_prompt(services: Services) -> TerminalPrompt | None:
+    """Read TOTP codes from the terminal when no secret is configured and stdin is a TTY."""
+    if not isinstance(services.passcodes, HumanPasscodes) or not sys.stdin.isatty():
+        return None
+    return TerminalPrompt(services.passcodes, sys.stdin, sys.stderr)
 
 
 async def start_simulator(args: argparse.Namespace, listen: ListenAddress) -> web.AppRunner:

@@ -1,0 +1,46 @@
+"""Ask for TOTP codes on the terminal without blocking the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TextIO
+
+from proxy.credentials import HumanPasscodes
+from proxy.errors import MfaRequired
+
+
+class TerminalPrompt:
+    """Prints a prompt when a login needs a code and reads the answer from stdin.
+
+    The event loop watches stdin for readability; a line is read only when the terminal has
+    one ready, so nothing blocks. Lines typed while no login waits are ignored with a note.
+    """
+
+    def __init__(self, passcodes: HumanPasscodes, stdin: TextIO, out: TextIO) -> None:
+        self._passcodes, self._stdin, self._out = passcodes, stdin, out
+        self._loop = asyncio.get_running_loop()
+        passcodes.on_needed.append(self._ask)
+        self._loop.add_reader(stdin.fileno(), self._on_line)
+
+    def close(self) -> None:
+        """Stop watching stdin."""
+        self._loop.remove_reader(self._stdin.fileno())
+        self._passcodes.on_needed.remove(self._ask)
+
+    def _ask(self) -> None:
+        self._out.write("\nzcompute-proxy: enter the TOTP code from your authenticator: ")
+        self._out.flush()
+
+    def _on_line(self) -> None:
+        line = self._stdin.readline()
+        if not line:  # end of input: stop watching
+            self._loop.remove_reader(self._stdin.fileno())
+            return
+        if not self._passcodes.waiting:
+            self._out.write("zcompute-proxy: no code is needed right now\n")
+            return
+        try:
+            self._passcodes.supply(line)
+        except MfaRequired as exc:
+            self._out.write(f"zcompute-proxy: {exc.message}\n")
+            self._ask()
