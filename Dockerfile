@@ -1,8 +1,8 @@
 # zcompute-proxy container image.
 #
-#   docker build -t zcompute-proxy .
-#   docker run --rm --env-file zcompute-proxy.env zcompute-proxy            # serve
-#   docker run --rm zcompute-proxy simulate --listen 0.0.0.0:9090            # the simulator
+#   docker build -t zcompute-proxy:local .
+#   docker compose up --build -d                    # the sidecar pattern: docker-compose.yml
+#   docker run --rm zcompute-proxy:local --help     # every subcommand (serve is the default)
 #
 # The proxy listens on 127.0.0.1:8080 inside the container (the safe default): use it as a
 # sidecar sharing the network namespace of the container that calls it (see
