@@ -10,7 +10,7 @@ from typing import Final, Protocol
 import pyotp
 
 from proxy.clock import Clock
-from proxy.errors import MfaRequired
+from proxy.errors import BadRequest, MfaRequired
 from proxy.secret import Secret
 
 TOTP_STEP: Final = 30
@@ -94,10 +94,10 @@ class HumanPasscodes:
         """Take a code; True if a waiting login got it, False if it was kept for the next one."""
         code = code.strip().replace(" ", "")
         if not code.isdigit() or not 6 <= len(code) <= 8:
-            raise MfaRequired("a TOTP code is 6 to 8 digits", hint=self._how_to)
+            raise BadRequest("a TOTP code is 6 to 8 digits", hint=self._how_to)
         if code in self._used:
-            raise MfaRequired("that code was used already; wait for the next one",
-                              hint=self._how_to)
+            raise BadRequest("that code was used already; wait for the next one",
+                             hint=self._how_to)
         if self._pending is not None and not self._pending.done():
             self._pending.set_result(code)
             return True

@@ -6,7 +6,7 @@ import asyncio
 from typing import TextIO
 
 from proxy.credentials import HumanPasscodes
-from proxy.errors import MfaRequired
+from proxy.errors import BadRequest
 
 
 class TerminalPrompt:
@@ -41,6 +41,6 @@ class TerminalPrompt:
             return
         try:
             self._passcodes.supply(line)
-        except MfaRequired as exc:
+        except BadRequest as exc:
             self._out.write(f"zcompute-proxy: {exc.message}\n")
             self._ask()

@@ -1,4 +1,4 @@
-"""Token lifecycle rows 32–45 of bug-cases.md, against a scripted Keystone (K) and a recording
+"""Token lifecycle rows 32-45 of bug-cases.md, against a scripted Keystone (K) and a recording
 upstream (U) on loopback, sharing a fake clock with the proxy (P)."""
 
 from __future__ import annotations
