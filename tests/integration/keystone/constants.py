@@ -56,11 +56,17 @@ DAVE_TOTP_SECRET = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"  # base32, RFC 6238 SHA1/6
 LOCKME = "lockme"
 LOCKME_PASSWORD = "lockme-Pw-1234"
 
+# Password user like carol, for tests that revoke all of a user's tokens (disable/enable),
+# so that those never disturb tests that use carol.
+ERIN = "erin"
+ERIN_PASSWORD = "erin-Pw-1234"
+
 # name -> (password, totp secret or None)
 USERS: dict[str, tuple[str, str | None]] = {
     CAROL: (CAROL_PASSWORD, None),
     DAVE: (DAVE_PASSWORD, DAVE_TOTP_SECRET),
     LOCKME: (LOCKME_PASSWORD, None),
+    ERIN: (ERIN_PASSWORD, None),
 }
 
 # --- the protected service --------------------------------------------------------------------

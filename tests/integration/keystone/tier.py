@@ -689,6 +689,8 @@ class KeystoneTier:
     dave_totp_secret: str = C.DAVE_TOTP_SECRET
     lockme: str = C.LOCKME
     lockme_password: str = C.LOCKME_PASSWORD
+    erin: str = C.ERIN
+    erin_password: str = C.ERIN_PASSWORD
     admin_user: str = C.ADMIN_USER
     admin_password: str = C.ADMIN_PASSWORD
     token_expiration_s: int = C.TOKEN_EXPIRATION_S
@@ -719,6 +721,28 @@ class KeystoneTier:
                 (self.user_id(user),),
             )
             db.commit()
+
+    def failed_logins(self, user: str = C.LOCKME) -> int:
+        """Keystone's count of failed password logins of `user` since the last success/reset."""
+        with contextlib.closing(sqlite3.connect(self.run_dir / "keystone.db", timeout=10)) as db:
+            row = db.execute(
+                "SELECT failed_auth_count FROM local_user WHERE user_id = ?",
+                (self.user_id(user),),
+            ).fetchone()
+        return int(row[0] or 0) if row else 0
+
+    def set_user_enabled(self, user: str, enabled: bool) -> None:
+        """Disable or enable `user` by REST (disabling revokes all of the user's tokens)."""
+        _expect(
+            http(
+                "PATCH",
+                f"{self.keystone_url}/users/{self.user_id(user)}",
+                {"user": {"enabled": enabled}},
+                {"X-Auth-Token": self.admin_token()},
+            ),
+            (200,),
+            f"set {user} enabled={enabled}",
+        )
 
     def service_requests(self) -> list[dict[str, Any]]:
         """Every request the service got so far (not /health), oldest first."""

@@ -13,7 +13,8 @@ A tiny WSGI app behind the real `keystonemiddleware.auth_token`:
 
 Every request but /health (also the ones the middleware rejects) is appended as one JSON line
 to the file named by ZCP_SERVICE_LOG: `ts, method, path, query, status, token_sha256` (first 16
-hex chars, or null) and `headers` (incoming; X-Auth-Token replaced by its fingerprint).
+hex chars, or null), `headers` (incoming; X-Auth-Token replaced by its fingerprint) and what the
+middleware established: `user_name, project_name, scope` (null when it rejected the token).
 
 Config: ZCP_SERVICE_CONF names an oslo.config file with a [keystone_authtoken] section.
 """
@@ -151,6 +152,10 @@ class RequestLog:
         try:
             return self._app(environ, logging_start_response)
         finally:
+            # What the middleware established (it strips these from incoming requests first).
+            record["user_name"] = _header(environ, "X-User-Name")
+            record["project_name"] = _header(environ, "X-Project-Name")
+            record["scope"] = _scope_of(environ) if record["user_name"] else None
             if self._path:
                 line = json.dumps(record, sort_keys=True) + "\n"
                 with _LOG_LOCK, open(self._path, "a", encoding="utf-8") as fh:
