@@ -744,6 +744,19 @@ class KeystoneTier:
             f"set {user} enabled={enabled}",
         )
 
+    def revocation_events(self) -> list[dict[str, Any]]:
+        """Keystone's token revocation events (OS-REVOKE), oldest first."""
+        reply = _expect(
+            http(
+                "GET",
+                f"{self.keystone_url}/OS-REVOKE/events",
+                headers={"X-Auth-Token": self.admin_token()},
+            ),
+            (200,),
+            "list revocation events",
+        )
+        return list(reply.body["events"])
+
     def service_requests(self) -> list[dict[str, Any]]:
         """Every request the service got so far (not /health), oldest first."""
         try:
