@@ -167,7 +167,7 @@ class TokenManager:
         """
         entry = self._cache.get(token.scope)
         if entry is None or entry.token is not token:
-            return entry is not None  # a newer token is already there: use it
+            return True  # already dropped or replaced: the caller's retry gets the newer one
         now = self._clock.monotonic()
         if now - self._rejected.get(token.scope, -REJECTION_INTERVAL) < REJECTION_INTERVAL:
             return False

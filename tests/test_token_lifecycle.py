@@ -273,3 +273,15 @@ async def test_row45_project_by_id_is_scoped_by_id_only(rig: RigFactory) -> None
     assert status == 200
     assert k.calls[-1]["auth"]["scope"] == {"project": {"id": "abc123"}}
     assert u.tokens == ["TOK-B"]
+
+
+async def test_row39_mass_revocation_gives_no_client_visible_401(rig: RigFactory) -> None:
+    """All in-flight GETs refused at once: each is replayed with the one new token."""
+    clock = FakeClock(START)
+    k, u, p = await rig(clock, delay=0.05)
+    assert (await _get(p))[0] == 200
+    u.refuse.add("TOK-A")
+    results = await asyncio.gather(*(_get(p) for _ in range(30)))
+    assert {status for status, _ in results} == {200}
+    assert k.logins == 2
+    assert set(u.tokens) == {"TOK-A", "TOK-B"}
