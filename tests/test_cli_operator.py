@@ -1,0 +1,163 @@
+"""Operator commands against a running `zcompute-proxy serve`: SIGHUP reload, `reload`,
+`login`, `totp CODE`, and the terminal prompt for TOTP codes (through a real pty)."""
+
+from __future__ import annotations
+
+import os
+import pty
+import signal
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyotp
+import pytest
+
+from proxy import simulator
+from tests.processes import free_port, run, running
+
+BOB = {"ZCOMPUTE_USERNAME": simulator.BOB, "ZCOMPUTE_ACCOUNT": simulator.DEFAULT_ACCOUNT,
+       "ZCOMPUTE_PROJECT": simulator.DEV_PROJECT, "ZCOMPUTE_PASSWORD": simulator.BOB_PASSWORD}
+
+
+@pytest.fixture(scope="module")
+def simulator_url() -> Iterator[str]:
+    """`zcompute-proxy simulate` on a free port."""
+    port = free_port()
+    with running(["simulate", "--listen", f"127.0.0.1:{port}"],
+                 f"http://127.0.0.1:{port}/_sim/stats"):
+        yield f"http://127.0.0.1:{port}"
+
+
+def _status(url: str, timeout: float = 30) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def _wait_for_mfa_prompt(base: str, deadline: float = 10) -> None:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        with urllib.request.urlopen(f"{base}/_proxy/status", timeout=5) as resp:  # noqa: S310
+            if b"needed now" in resp.read():
+                return
+        time.sleep(0.05)
+    raise TimeoutError("the proxy never asked for a TOTP code")
+
+
+def test_sighup_rereads_the_password_file(simulator_url: str, tmp_path: Path) -> None:
+    """A wrong password latches; fixing the file and sending SIGHUP lets requests through."""
+    password = tmp_path / "password"
+    password.write_text("wrong-password\n")
+    password.chmod(0o600)
+    port = free_port()
+    env = {**BOB, "ZCOMPUTE_USERNAME": simulator.ALICE, "ZCOMPUTE_PASSWORD_FILE": str(password),
+           "ZCOMPUTE_PASSWORD": "", "ZCOMPUTE_URL": simulator_url}
+    base = f"http://127.0.0.1:{port}"
+    with running(["serve", "--listen", f"127.0.0.1:{port}"], f"{base}/_proxy/health",
+                 env) as proxy:
+        assert _status(f"{base}/api/v2/identity/users") == 502
+        password.write_text(simulator.ALICE_PASSWORD + "\n")
+        proxy.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.3)
+        assert _status(f"{base}/api/v2/identity/users") == 200
+    assert "config_reloaded" in proxy.stderr()
+    assert simulator.ALICE_PASSWORD not in proxy.stderr()
+
+
+def test_reload_and_login_commands(simulator_url: str) -> None:
+    """`zcompute-proxy reload` and `login` talk to the running proxy at its listen address."""
+    port = free_port()
+    env = {**BOB, "ZCOMPUTE_USERNAME": simulator.ALICE,
+           "ZCOMPUTE_PASSWORD": simulator.ALICE_PASSWORD, "ZCOMPUTE_URL": simulator_url,
+           "ZCOMPUTE_LISTEN": f"127.0.0.1:{port}"}
+    with running(["serve"], f"http://127.0.0.1:{port}/_proxy/health", env):
+        reload = run(["reload"], env=env)
+        assert reload.returncode == 0, reload.stderr
+        assert '"reloaded": true' in reload.stdout
+        login = run(["login"], env=env)
+        assert login.returncode == 0, login.stderr
+        assert '"login": "ok"' in login.stdout
+    refused = run(["login"], env=env)
+    assert refused.returncode == 1
+    assert "cannot reach the proxy" in refused.stderr
+
+
+def test_totp_command_feeds_a_waiting_login(simulator_url: str) -> None:
+    """Without a TOTP secret, a request waits until `zcompute-proxy totp CODE` is run."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {**BOB, "ZCOMPUTE_URL": simulator_url, "ZCOMPUTE_LISTEN": f"127.0.0.1:{port}"}
+    with running(["serve"], f"{base}/_proxy/health", env):
+        result: list[int] = []
+        waiter = threading.Thread(target=lambda: result.append(
+            _status(f"{base}/api/v2/compute/vms")))
+        waiter.start()
+        _wait_for_mfa_prompt(base)
+        code = pyotp.TOTP(simulator.DEFAULT_TOTP_SECRET).now()
+        given = run(["totp", code], env=env)
+        waiter.join(30)
+        assert given.returncode == 0, given.stderr
+        assert result == [200]
+        again = run(["totp", code], env=env)
+        assert again.returncode == 1
+        assert "used already" in again.stdout
+
+
+def test_terminal_prompt_reads_a_code_typed_on_the_tty() -> None:
+    """Run in a terminal without a secret, the proxy prompts and takes the typed code."""
+    sim_port = free_port()  # a simulator of its own: the other tests' codes are spent there
+    with running(["simulate", "--listen", f"127.0.0.1:{sim_port}"],
+                 f"http://127.0.0.1:{sim_port}/_sim/stats"):
+        _prompt_scenario(f"http://127.0.0.1:{sim_port}")
+
+
+def _prompt_scenario(simulator_url: str) -> None:
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    from tests.processes import ROOT, clean_env, wait_http  # noqa: PLC0415
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    master, slave = pty.openpty()
+    env = clean_env({**BOB, "ZCOMPUTE_URL": simulator_url, "ZCOMPUTE_LOG_FORMAT": "json"})
+    proc = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--listen",
+                             f"127.0.0.1:{port}"], cwd=ROOT, env=env, stdin=slave,
+                            stdout=slave, stderr=slave)
+    os.close(slave)
+    try:
+        from tests.processes import Running  # noqa: PLC0415
+
+        wait_http(f"{base}/_proxy/health", Running(proc, Path("/dev/null"), Path("/dev/null")))
+        result: list[int] = []
+        waiter = threading.Thread(target=lambda: result.append(
+            _status(f"{base}/api/v2/compute/vms")))
+        waiter.start()
+        _wait_for_mfa_prompt(base)
+        os.write(master, pyotp.TOTP(simulator.DEFAULT_TOTP_SECRET).now().encode() + b"\n")
+        waiter.join(30)
+        assert result == [200]
+        screen = _drain(master)
+        assert "enter the TOTP code from your authenticator" in screen
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+        os.close(master)
+
+
+def _drain(fd: int) -> str:
+    import select  # noqa: PLC0415
+
+    chunks = []
+    while select.select([fd], [], [], 0.2)[0]:
+        try:
+            chunks.append(os.read(fd, 65536))
+        except OSError:
+            break
+    return b"".join(chunks).decode(errors="replace")
