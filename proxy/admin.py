@@ -1,6 +1,9 @@
 """The proxy's own endpoints under `/_proxy/`: health, status, and the operator's actions.
 
+    GET  /_proxy/         the status page (HTML; same-origin only; TOTP form)
     GET  /_proxy/health   200 while the process serves
+    GET  /_proxy/ready    200 unless draining or a login failed definitively (latched)
+    GET  /_proxy/metrics  Prometheus text format
     GET  /_proxy/status   JSON: configuration summary, each cached scope (fingerprint, expiry),
                           latched errors, MFA state, clock skew; never a token or secret
     POST /_proxy/login    clear latched failures and log in again now (waits for the result)
@@ -13,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import asdict
+from importlib import resources
 from typing import Any, Final
 
 from aiohttp import web
@@ -20,12 +24,22 @@ from aiohttp import web
 from proxy import __version__
 from proxy.credentials import HumanPasscodes
 from proxy.errors import BadRequest, ConfigError, ProxyError
+from proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from proxy.reload import apply_config
 from proxy.scope import ACCOUNT
 from proxy.services import Services, mfa_state
 
 PREFIX: Final = "/_proxy"
 MAX_FORM_SIZE: Final = 1024
+PAGE_HEADERS: Final = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+                               "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; "
+                               "base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
 
 
 def status_document(services: Services, started: float) -> dict[str, Any]:
@@ -102,12 +116,55 @@ async def _reload(services: Services) -> web.Response:
     return web.json_response({"reloaded": True, "changes": changes})
 
 
+def readiness(services: Services) -> tuple[int, dict[str, Any]]:
+    """503 while draining or while a login is latched as failed; 200 otherwise."""
+    if services.draining:
+        return 503, {"ready": False, "reason": "shutting down"}
+    latched = services.tokens.latched()
+    if latched:
+        return 503, {"ready": False, "reason": "login failed; see /_proxy/status",
+                     "scopes": sorted(str(scope) for scope in latched)}
+    return 200, {"ready": True}
+
+
+def _static_files() -> dict[str, tuple[bytes, str]]:
+    """The status page's files, read once: name -> (bytes, content type)."""
+    folder = resources.files("proxy") / "static"
+    types = {".html": "text/html", ".css": "text/css", ".js": "text/javascript"}
+    return {item.name: (item.read_bytes(), types[item.name[item.name.rindex("."):]])
+            for item in folder.iterdir() if item.name[item.name.rfind("."):] in types}
+
+
+def _file_response(content: tuple[bytes, str]) -> web.Response:
+    body, content_type = content
+    return web.Response(body=body, content_type=content_type, charset="utf-8",
+                        headers=PAGE_HEADERS)
+
+
 def add_routes(app: web.Application, services_key: web.AppKey[Services]) -> None:
     """Register the admin handlers on `app`."""
     started = time.monotonic()
+    files = _static_files()
 
     async def health(_request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
+
+    async def ready(request: web.Request) -> web.Response:
+        status, body = readiness(request.app[services_key])
+        return web.json_response(body, status=status)
+
+    async def metrics(request: web.Request) -> web.Response:
+        body = request.app[services_key].metrics.render()
+        return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+    async def page(_request: web.Request) -> web.Response:
+        return _file_response(files["status.html"])
+
+    async def static(request: web.Request) -> web.Response:
+        content = files.get(request.match_info["name"])
+        if content is None or content[1] == "text/html":
+            raise web.HTTPNotFound()
+        return _file_response(content)
 
     async def status(request: web.Request) -> web.Response:
         return web.json_response(status_document(request.app[services_key], started))
@@ -127,6 +184,11 @@ def add_routes(app: web.Application, services_key: web.AppKey[Services]) -> None
         except ProxyError as exc:
             return _error(exc)
 
+    app.router.add_get(f"{PREFIX}/", page)
+    app.router.add_get(PREFIX, page)
+    app.router.add_get(f"{PREFIX}/static/{{name}}", static)
+    app.router.add_get(f"{PREFIX}/ready", ready)
+    app.router.add_get(f"{PREFIX}/metrics", metrics)
     app.router.add_get(f"{PREFIX}/health", health)
     app.router.add_get(f"{PREFIX}/status", status)
     app.router.add_post(f"{PREFIX}/login", login)

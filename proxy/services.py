@@ -20,6 +20,7 @@ from proxy.config import Config, UpstreamConfig
 from proxy.credentials import HumanPasscodes, PasscodeSource, SecretPasscodes
 from proxy.identity import IdentityClient
 from proxy.log import REDACTOR
+from proxy.metrics import Metrics
 from proxy.routes import RouteTable
 from proxy.scope import ACCOUNT
 from proxy.tokens import RenewalPolicy, TokenManager
@@ -44,7 +45,9 @@ class Services:
     passcodes: PasscodeSource
     tokens: TokenManager
     routes: RouteTable
+    metrics: Metrics
     loader: Callable[[], Config] | None = None
+    draining: bool = False
 
     async def close(self) -> None:
         """Stop token tasks, optionally revoke our tokens, close the session."""
@@ -112,7 +115,10 @@ def build_services(config: Config, clock: Clock | None = None) -> Services:
     identity, passcodes = make_identity(config, session, clock)
     tokens = TokenManager(identity, clock=clock,
                           policy=RenewalPolicy(config.tokens.renew_margin))
-    return Services(config, clock, session, identity, passcodes, tokens, route_table(config))
+    metrics = Metrics(tokens.status)
+    tokens.listeners.append(metrics.token_event)
+    return Services(config, clock, session, identity, passcodes, tokens, route_table(config),
+                    metrics)
 
 
 def make_identity(config: Config, session: aiohttp.ClientSession,
