@@ -18,6 +18,7 @@ from proxy import admin
 from proxy.clock import Clock
 from proxy.config import Config
 from proxy.forward import Forwarder
+from proxy.guard import Guard
 from proxy.services import SERVICES, Services, build_services, mfa_notices
 from proxy.tokens import TokenManager
 
@@ -32,6 +33,7 @@ def create_app(config: Config, *, clock: Clock | None = None,
                loader: Callable[[], Config] | None = None) -> web.Application:
     """The proxy application for `config`; `loader` re-reads the configuration on reload."""
     app = web.Application()
+    Guard.from_config(config).install(app)  # first: is this client allowed at all?
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         services = build_services(config, clock)

@@ -42,7 +42,8 @@ def _config_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--identity-url", metavar="URL",
                        help="full identity URL [ZCOMPUTE_IDENTITY_URL] "
                             "(default: UPSTREAM/api/v2/identity/auth)")
-    group.add_argument("--listen", metavar="HOST:PORT", help="default 127.0.0.1:8080")
+    group.add_argument("--listen", metavar="HOST:PORT",
+                       help="default 127.0.0.1:8080; or unix:/PATH (a 0600 unix socket)")
     group.add_argument("--username", help="[ZCOMPUTE_USERNAME]")
     group.add_argument("--account", help="account (Keystone domain) name [ZCOMPUTE_ACCOUNT]")
     group.add_argument("--project", help="default project [ZCOMPUTE_PROJECT]")
@@ -63,6 +64,26 @@ def _config_options(parser: argparse.ArgumentParser) -> None:
                             "or none; e.g. --route '/api/v2/foo/**=account'")
     group.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     group.add_argument("--log-format", choices=("auto", "console", "json"))
+    _security_options(parser)
+
+
+def _security_options(parser: argparse.ArgumentParser) -> None:
+    """Who may use the proxy (see SECURITY.md)."""
+    group = parser.add_argument_group("security (who may use the proxy; see SECURITY.md)")
+    group.add_argument("--allow-host", action="append", metavar="NAME[:PORT]",
+                       help="another Host name clients may use, repeatable "
+                            "[ZCOMPUTE_ALLOWED_HOSTS]")
+    group.add_argument("--allow-origin", action="append", metavar="SCHEME://HOST[:PORT]",
+                       help="a web page origin allowed to call the proxy, repeatable "
+                            "[ZCOMPUTE_ALLOWED_ORIGINS]")
+    group.add_argument("--allow-peer", action="append", metavar="CIDR",
+                       help="peer addresses allowed to connect, repeatable; replaces the "
+                            "default (loopback) [ZCOMPUTE_ALLOWED_PEERS]")
+    group.add_argument("--access-key-file", metavar="FILE",
+                       help="clients must send Proxy-Authorization: Bearer <its content> "
+                            "[ZCOMPUTE_ACCESS_KEY_FILE]")
+    group.add_argument("--allow-remote", action="store_const", const=True,
+                       help="allow a non-loopback --listen without an access key (warns)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,8 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    epilog=f"example:\n  {example}",
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
 
-    _config_options(command("serve", "run the proxy (the default command)",
-                            "zcompute-proxy serve --upstream https://zc.example.com"))
+    serve = command("serve", "run the proxy (the default command)",
+                    "zcompute-proxy serve --upstream https://zc.example.com")
+    _config_options(serve)
+    serve.add_argument("--generate-access-key", metavar="FILE",
+                       help="write a new random access key to FILE (mode 0600) and exit")
     simulate = command("simulate", "run the built-in zCompute simulator",
                        "zcompute-proxy simulate --listen 127.0.0.1:9090 --mfa")
     demo = command("demo", "run the simulator and the proxy together, print curl lines",
@@ -133,7 +157,10 @@ def config_from_args(args: argparse.Namespace, *, need_auth: bool = True) -> Con
         "auth.account": args.account, "auth.project": args.project, "auth.mfa": args.mfa,
         "tokens.renew_margin": args.renew_margin, "tokens.mfa_wait": args.mfa_wait,
         "tokens.revoke_on_exit": args.revoke_on_exit, "log.level": args.log_level,
-        "log.format": args.log_format,
+        "log.format": args.log_format, "security.allowed_hosts": args.allow_host,
+        "security.allowed_origins": args.allow_origin, "security.allowed_peers": args.allow_peer,
+        "security.access_key_file": args.access_key_file,
+        "security.allow_remote": args.allow_remote,
     }
     return load(config_file=Path(args.config) if args.config else None, flags=flags,
                 routes=args.route, need_auth=need_auth)
@@ -163,7 +190,16 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """`serve`: run the proxy until SIGINT/SIGTERM."""
+    """`serve`: run the proxy until SIGINT/SIGTERM (or write a new access key and exit)."""
+    if args.generate_access_key:
+        from proxy.guard import write_access_key  # noqa: PLC0415
+
+        path = Path(args.generate_access_key).expanduser()
+        write_access_key(path)
+        print(f"Wrote a new access key to {path} (mode 0600). Start the proxy with "
+              f"ZCOMPUTE_ACCESS_KEY_FILE={path}; clients send the header "
+              f"'Proxy-Authorization: Bearer KEY', KEY being the file's content.")
+        return 0
     config = config_from_args(args)
     log.configure(config.log.level, config.log.format)
     from proxy.server import run_proxy  # noqa: PLC0415

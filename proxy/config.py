@@ -8,10 +8,12 @@ from flags (which other local users can read in the process list).
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import stat
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -37,6 +39,14 @@ MfaMode = Literal["auto", "combined", "receipt"]
 MFA_MODES: Final = ("auto", "combined", "receipt")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 LOG_FORMATS: Final = ("auto", "console", "json")
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+LOOPBACK_NETWORKS: Final[tuple[IPNetwork, ...]] = (
+    ipaddress.IPv4Network("127.0.0.0/8"), ipaddress.IPv6Network("::1/128"))
+MIN_ACCESS_KEY_LENGTH: Final = 16
+SECRET_KEYS: Final = frozenset({"auth.password", "auth.totp_secret", "security.access_key"})
+_ACCESS_KEY: Final = re.compile(r"[A-Za-z0-9._~+/-]+=*")  # RFC 9110 token68: fits a header
+_HOST_NAME: Final = re.compile(r"(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)*"
+                               r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?|\[[0-9a-f:.]+\]")
 
 # setting key -> environment variable
 ENVIRONMENT: Final[Mapping[str, str]] = {
@@ -58,6 +68,12 @@ ENVIRONMENT: Final[Mapping[str, str]] = {
     "tokens.revoke_on_exit": "ZCOMPUTE_REVOKE_ON_EXIT",
     "log.level": "ZCOMPUTE_LOG_LEVEL",
     "log.format": "ZCOMPUTE_LOG_FORMAT",
+    "security.allowed_hosts": "ZCOMPUTE_ALLOWED_HOSTS",
+    "security.allowed_origins": "ZCOMPUTE_ALLOWED_ORIGINS",
+    "security.allowed_peers": "ZCOMPUTE_ALLOWED_PEERS",
+    "security.access_key": "ZCOMPUTE_ACCESS_KEY",
+    "security.access_key_file": "ZCOMPUTE_ACCESS_KEY_FILE",
+    "security.allow_remote": "ZCOMPUTE_ALLOW_REMOTE",
 }
 
 # setting key -> command-line flag (no flag carries a secret)
@@ -76,10 +92,15 @@ FLAGS: Final[Mapping[str, str]] = {
     "tokens.revoke_on_exit": "--revoke-on-exit",
     "log.level": "--log-level",
     "log.format": "--log-format",
+    "security.allowed_hosts": "--allow-host",
+    "security.allowed_origins": "--allow-origin",
+    "security.allowed_peers": "--allow-peer",
+    "security.access_key_file": "--access-key-file",
+    "security.allow_remote": "--allow-remote",
 }
 
 # settings a file may hold (secrets only as *_file)
-FILE_KEYS: Final = frozenset(ENVIRONMENT) - {"auth.password", "auth.totp_secret"} | {
+FILE_KEYS: Final = frozenset(ENVIRONMENT) - SECRET_KEYS | {
     "upstream.connect_timeout", "upstream.read_timeout", "upstream.max_connections",
     "tokens.replay_limit", "tokens.mfa_wait", "tokens.revoke_on_exit", "proxy.max_header_size",
 }
@@ -95,13 +116,26 @@ class Setting:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ListenAddress:
-    """Where the proxy listens."""
+    """Where the proxy listens: a TCP host and port, or a unix socket (`unix:/path`)."""
 
     host: str
     port: int
+    unix: Path | None = None
 
     def __str__(self) -> str:
+        if self.unix is not None:
+            return f"unix:{self.unix}"
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def loopback(self) -> bool:
+        """Only this machine can connect: a unix socket, `localhost` or a loopback address."""
+        if self.unix is not None or self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -161,6 +195,21 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SecurityConfig:
+    """Who may use the proxy (enforced by `proxy.guard`; see SECURITY.md).
+
+    `allowed_hosts` and `allowed_origins` extend the built-in lists, lower-cased;
+    `allowed_peers` is None when any address may connect (non-loopback listen allowed).
+    """
+
+    allowed_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
+    allowed_peers: tuple[IPNetwork, ...] | None = LOOPBACK_NETWORKS
+    access_key: Secret | None = None
+    allow_remote: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """Everything the proxy needs, validated."""
 
@@ -171,6 +220,7 @@ class Config:
     default_project: str | None = None
     tokens: TokenConfig = field(default_factory=TokenConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
     max_header_size: int = DEFAULT_MAX_HEADER_SIZE
     config_file: Path | None = None
     warnings: tuple[str, ...] = ()
@@ -191,9 +241,12 @@ def load(
     settings |= _from_environment(environ)
     settings |= {key: Setting(v, FLAGS[key]) for key, v in (flags or {}).items() if v is not None}
     builder = _Builder(settings)
+    if path is not None:
+        builder.check_permissions(path, "config file")
     rules = tuple(file_routes) + tuple(parse_route_flag(r) for r in routes)
+    listen = builder.listen()
     return Config(
-        listen=builder.listen(),
+        listen=listen,
         upstream=builder.upstream(),
         auth=builder.auth() if need_auth else builder.auth_if_complete(),
         routes=rules,
@@ -202,6 +255,7 @@ def load(
         log=LogConfig(level=builder.choice("log.level", LOG_LEVELS, "info"),
                       format=builder.choice("log.format", LOG_FORMATS, "auto")),
         max_header_size=builder.integer("proxy.max_header_size", DEFAULT_MAX_HEADER_SIZE, 8192),
+        security=builder.security(listen),
         config_file=path,
         warnings=tuple(builder.warnings),
     )
@@ -245,7 +299,7 @@ def read_file(path: Path) -> tuple[dict[str, Setting], list[RouteRule]]:
 
 
 def _unknown_key_message(key: str, path: Path) -> str:
-    if key in ("auth.password", "auth.totp_secret"):
+    if key in SECRET_KEYS:
         return (f"{key} in {path}: secrets are not read from the config file; use "
                 f"{key}_file or the {ENVIRONMENT[key]} environment variable")
     return f"unknown setting {key} in {path}; see config/zcompute-proxy.example.toml"
@@ -411,7 +465,7 @@ class _Builder:
             raise ConfigError(f"both {direct.source} and {self.settings[key + '_file'].source} "
                               "are set; keep one")
         if from_file is not None:
-            self._check_permissions(from_file, self.settings[f"{key}_file"].source)
+            self.check_permissions(from_file, self.settings[f"{key}_file"].source)
             value = _read_secret_file(from_file, self.settings[f"{key}_file"].source)
         elif direct is not None:
             value = str(direct.value)
@@ -419,8 +473,13 @@ class _Builder:
             return None
         return Secret(value) if value else None
 
-    def _check_permissions(self, path: Path, source: str) -> None:
-        if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+    def check_permissions(self, path: Path, source: str) -> None:
+        """Warn, as ssh does, when group or others may read or change `path`."""
+        mode = path.stat().st_mode
+        if mode & (stat.S_IWGRP | stat.S_IWOTH):
+            self.warnings.append(f"{source}: {path} can be changed by other users (who could "
+                                 f"point the proxy at their own server); run: chmod 600 {path}")
+        elif mode & (stat.S_IRWXG | stat.S_IRWXO):
             self.warnings.append(f"{source}: {path} is readable by other users; "
                                  f"run: chmod 600 {path}")
 
@@ -457,6 +516,60 @@ class _Builder:
             revoke_on_exit=self.flag("tokens.revoke_on_exit"),
         )
 
+    def security(self, listen: ListenAddress) -> SecurityConfig:
+        """The `[security]` settings, and the rule that a non-loopback listen needs a key."""
+        key = self.access_key()
+        allow_remote = self.flag("security.allow_remote")
+        peers = self.networks("security.allowed_peers")
+        if not listen.loopback and key is None and not allow_remote:
+            raise ConfigError(_remote_without_key_message(
+                listen, self.settings.get("proxy.listen", Setting("", "proxy.listen")).source))
+        if allow_remote:
+            self.warnings.append(
+                "security.allow_remote is on (--allow-remote): clients on other machines may "
+                "connect" + ("" if key else " without any access key") + " and act with your "
+                "zCompute identity; keep the port behind a firewall or network policy")
+        return SecurityConfig(
+            allowed_hosts=self.listed("security.allowed_hosts", parse_allowed_host),
+            allowed_origins=self.listed("security.allowed_origins", parse_allowed_origin),
+            allowed_peers=peers if peers is not None
+            else (LOOPBACK_NETWORKS if listen.loopback else None),
+            access_key=key, allow_remote=allow_remote)
+
+    def access_key(self) -> Secret | None:
+        """The access key from ZCOMPUTE_ACCESS_KEY or a key file, checked for strength."""
+        key = self.secret("security.access_key")
+        if key is None:
+            return None
+        source = (self.settings.get("security.access_key")
+                  or self.settings["security.access_key_file"]).source
+        if len(key.reveal()) < MIN_ACCESS_KEY_LENGTH or not _ACCESS_KEY.fullmatch(key.reveal()):
+            raise ConfigError(
+                f"{source}: the access key must be at least {MIN_ACCESS_KEY_LENGTH} characters "
+                "of A-Z a-z 0-9 - . _ ~ + / (it travels in a header; fingerprint "
+                f"{key.fingerprint}); make one with: zcompute-proxy serve --generate-access-key "
+                "FILE")
+        return key
+
+    def listed(self, key: str, parse: Callable[[str, str], str]) -> tuple[str, ...]:
+        """A list setting (TOML array, or comma/space separated text), each item parsed."""
+        setting = self.settings.get(key)
+        if setting is None:
+            return ()
+        value = setting.value
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f'{setting.source} must be a list of strings, like ["a", "b"]')
+        items = [item for text in value for item in text.replace(",", " ").split()]
+        return tuple(dict.fromkeys(parse(item, setting.source) for item in items))
+
+    def networks(self, key: str) -> tuple[IPNetwork, ...] | None:
+        """CIDRs (`10.0.0.0/8`, `fd00::/8`, single addresses); None when not set."""
+        if key not in self.settings:
+            return None
+        return tuple(ipaddress.ip_network(text) for text in self.listed(key, parse_network))
+
 
 def _read_secret_file(path: Path, source: str) -> str:
     try:
@@ -486,9 +599,55 @@ def parse_totp_secret(secret: Secret, source: str) -> str:
 
 
 def parse_listen(text: str, source: str) -> ListenAddress:
-    """`HOST:PORT`, `[IPv6]:PORT` or `:PORT` (loopback)."""
+    """`HOST:PORT`, `[IPv6]:PORT`, `:PORT` (loopback) or `unix:/path/to/socket`."""
+    if text.startswith("unix:"):
+        path = text.removeprefix("unix:")
+        if not path.startswith(("/", "~", ".")):
+            raise ConfigError(f"{source} must be unix:/path/to/socket, got {text!r}")
+        return ListenAddress(host="", port=0, unix=Path(path).expanduser())
     host, sep, port_text = text.rpartition(":")
     host = host.strip("[]") or "127.0.0.1"
     if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ConfigError(f"{source} must be HOST:PORT like 127.0.0.1:8080, got {text!r}")
     return ListenAddress(host=host, port=int(port_text))
+
+
+def _remote_without_key_message(listen: ListenAddress, source: str) -> str:
+    return (f"{source} is {listen}, which other machines can reach, and no access key is set: "
+            "anyone who can connect would act with your zCompute identity. Keep the default "
+            "127.0.0.1, or set an access key (zcompute-proxy serve --generate-access-key FILE, "
+            "then ZCOMPUTE_ACCESS_KEY_FILE=FILE or security.access_key_file), or, if a firewall "
+            "or network policy decides who connects, pass --allow-remote "
+            "(security.allow_remote = true)")
+
+
+def parse_allowed_host(text: str, source: str) -> str:
+    """`name`, `name:port`, `[v6]` or `[v6]:port`, lower-cased; nothing else."""
+    host = text.strip().lower()
+    name, sep, port = host.rpartition(":") if not host.endswith("]") else (host, "", "")
+    if not sep:
+        name = host
+    if not _HOST_NAME.fullmatch(name) or (sep and not (port.isdigit() and int(port) < 65536)):
+        raise ConfigError(f"{source}: {text!r} is not a host name; give NAME or NAME:PORT "
+                          "(no scheme, path or wildcard), e.g. zcompute-proxy.internal:8080")
+    return host
+
+
+def parse_allowed_origin(text: str, source: str) -> str:
+    """`scheme://host[:port]` exactly as a browser sends it in `Origin`, lower-cased."""
+    origin = text.strip().lower()
+    scheme, sep, host = origin.partition("://")
+    if scheme not in ("http", "https") or not sep or not host or "/" in host:
+        raise ConfigError(f"{source}: {text!r} is not a web origin; give scheme://host[:port] "
+                          "with no path, e.g. http://localhost:3000 (never * or null)")
+    parse_allowed_host(host, source)
+    return origin
+
+
+def parse_network(text: str, source: str) -> str:
+    """A CIDR or a single address, in its canonical form."""
+    try:
+        return str(ipaddress.ip_network(text.strip(), strict=False))
+    except ValueError:
+        raise ConfigError(f"{source}: {text!r} is not an address or CIDR like 10.0.0.0/8 "
+                          "or fd00::/8") from None

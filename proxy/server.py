@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import signal
+import socket
+import stat
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Final
 
 import structlog
@@ -39,14 +44,76 @@ async def start_proxy(config: Config,
     app = create_app(config, loader=loader)
     runner = web.AppRunner(app, **runner_options(config))  # type: ignore[arg-type]
     await runner.setup()
-    await web.TCPSite(runner, config.listen.host, config.listen.port).start()
+    await listen_site(runner, config.listen).start()
     for warning in config.warnings:
         log.warning("config_warning", message=warning)
     auth = config.auth
-    log.info("proxy_listening", listen=f"http://{config.listen}", upstream=str(config.upstream.url),
+    log.info("proxy_listening", listen=listen_url(config.listen),
+             upstream=str(config.upstream.url),
              account=auth.account if auth else None, project=config.default_project,
-             try_it=f"curl http://{config.listen}/api/v2/compute/vms")
+             access_key="required" if config.security.access_key else "not set",
+             try_it=try_it(config))
     return runner
+
+
+def listen_url(listen: ListenAddress) -> str:
+    """`http://HOST:PORT`, or `unix:/path` for a unix socket."""
+    return str(listen) if listen.unix is not None else f"http://{listen}"
+
+
+def try_it(config: Config) -> str:
+    """A curl line for the banner (the access key is named, never shown)."""
+    key = " -H \"Proxy-Authorization: Bearer $KEY\"" if config.security.access_key else ""
+    if config.listen.unix is not None:
+        return f"curl{key} --unix-socket {config.listen.unix} http://localhost/api/v2/compute/vms"
+    return f"curl{key} http://{config.listen}/api/v2/compute/vms"
+
+
+def listen_site(runner: web.AppRunner, listen: ListenAddress) -> web.BaseSite:
+    """A TCP site, or a site on a unix socket that is 0600 from the moment it exists."""
+    if listen.unix is None:
+        return web.TCPSite(runner, listen.host, listen.port)
+    return web.SockSite(runner, unix_socket(listen.unix))
+
+
+def unix_socket(path: Path) -> socket.socket:
+    """A unix socket bound at `path` with mode 0600 (a stale socket file is replaced)."""
+    _remove_stale_socket(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    umask = os.umask(0o177)  # the file is created by bind(): never readable by others
+    try:
+        sock.bind(str(path))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"--listen unix:{path}: cannot create the socket: "
+                          f"{exc.strerror}") from None
+    finally:
+        os.umask(umask)
+    os.chmod(path, 0o600)
+    return sock
+
+
+def _remove_stale_socket(path: Path) -> None:
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise ConfigError(f"--listen unix:{path}: the path exists and is not a socket")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()  # nobody listens: left behind by a process that died
+            return
+    raise ConfigError(f"--listen unix:{path}: another process is listening there")
+
+
+def remove_unix_socket(listen: ListenAddress) -> None:
+    """Delete the socket file of a unix listen address after the server stopped."""
+    if listen.unix is not None:
+        with contextlib.suppress(FileNotFoundError):
+            listen.unix.unlink()
 
 
 async def wait_for_signal() -> None:
@@ -72,6 +139,7 @@ async def run_proxy(config: Config, loader: Callable[[], Config] | None = None) 
         if prompt is not None:
             prompt.close()
         await runner.cleanup()
+        remove_unix_socket(config.listen)
     return 0
 
 
@@ -145,5 +213,6 @@ async def run_demo(args: argparse.Namespace, listen: ListenAddress,
         await wait_for_signal()
     finally:
         await proxy.cleanup()
+        remove_unix_socket(listen)
         await sim.cleanup()
     return 0
