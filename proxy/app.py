@@ -32,7 +32,8 @@ __all__ = ["SERVICES", "Services", "create_app", "runner_options"]
 def create_app(config: Config, *, clock: Clock | None = None,
                loader: Callable[[], Config] | None = None) -> web.Application:
     """The proxy application for `config`; `loader` re-reads the configuration on reload."""
-    app = web.Application()
+    # A client that goes away cancels its handler, which stops the upstream exchange.
+    app = web.Application(handler_args={"handler_cancellation": True})
     Guard.from_config(config).install(app)  # first: is this client allowed at all?
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -40,7 +41,8 @@ def create_app(config: Config, *, clock: Clock | None = None,
         services.loader = loader
         app[SERVICES], app[SESSION], app[TOKENS] = services, services.session, services.tokens
         app[FORWARDER] = Forwarder(services.session, config.upstream.url, services.routes,
-                                   services.tokens, config.tokens.replay_limit)
+                                   services.tokens, config.tokens.replay_limit,
+                                   config.max_header_size)
         notices = asyncio.create_task(mfa_notices(services), name="mfa-notices")
         yield
         notices.cancel()
@@ -61,6 +63,8 @@ def create_app(config: Config, *, clock: Clock | None = None,
 
 
 def runner_options(config: Config) -> dict[str, object]:
-    """Server settings: large header lines accepted, request bodies never decompressed."""
+    """Server settings: request bodies never decompressed; header lines are parsed up to twice
+    `max_header_size` so the forwarder can answer a clear 431 above the limit itself."""
     return {"access_log": None, "auto_decompress": False,
-            "max_line_size": config.max_header_size, "max_field_size": config.max_header_size}
+            "max_line_size": config.max_header_size,
+            "max_field_size": 2 * config.max_header_size}

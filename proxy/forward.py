@@ -5,10 +5,16 @@ client's own `X-Auth-Token` and our `X-Zcompute-Project` (both replaced by the i
 what the upstream answers reaches the client unchanged except for hop-by-hop headers. The raw
 request target is sent as is (`yarl.URL(..., encoded=True)`), bodies stream both ways, nothing
 is decompressed, no redirect is followed and no cookie is kept.
+
+A response the upstream breaks off (short body, reset, read-idle timeout) is never finished
+for the client: its connection is aborted so the short read shows. A client that goes away
+cancels the upstream exchange (the server runs with handler cancellation). WebSocket upgrades
+are handed to `proxy.websocket`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
@@ -17,10 +23,13 @@ from typing import Final
 import aiohttp
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from proxy.errors import ProxyError, UpstreamError, UpstreamTimeout
+from proxy import websocket
+from proxy.config import DEFAULT_MAX_HEADER_SIZE
+from proxy.errors import BadRequest, ProxyError, UpstreamError, UpstreamTimeout
 from proxy.routes import PROJECT_HEADER, Route, RouteTable
 from proxy.scope import ScopeKind
 from proxy.tokens import Token, TokenManager
@@ -38,6 +47,13 @@ CHUNK: Final = 64 * 1024
 SENSITIVE_QUERY_KEYS: Final = ("token", "pass", "secret", "key", "code", "sig", "auth", "cred")
 
 
+class HeaderTooLarge(BadRequest):
+    """A request header line is longer than `proxy.max_header_size`."""
+
+    status = 431
+    code = "header_too_large"
+
+
 @dataclass(frozen=True, slots=True)
 class Forwarder:
     """Everything the handler needs, built once at start-up."""
@@ -47,6 +63,7 @@ class Forwarder:
     routes: RouteTable
     tokens: TokenManager
     replay_limit: int
+    max_header_size: int = DEFAULT_MAX_HEADER_SIZE
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Forward one request; our own failures become a JSON error response."""
@@ -54,21 +71,28 @@ class Forwarder:
         route: Route | None = None
         token: Token | None = None
         try:
+            check_header_sizes(request, self.max_header_size)
             route = self.routes.resolve(request.method, request.raw_path,
                                         request.headers.get(PROJECT_HEADER))
             if route.scope.kind is not ScopeKind.NONE:
                 token = await self.tokens.get(route.scope)
             response = await self._exchange(request, route, token)
         except ProxyError as exc:
-            response = error_response(exc)
+            response = refusal(request, exc)
+        except asyncio.CancelledError:
+            _log_cancelled(request)
+            raise
         _access_log(request, route, token, response, started)
         return response
 
     async def _exchange(self, request: web.Request, route: Route,
                         token: Token | None) -> web.StreamResponse:
+        url = URL(str(self.upstream).rstrip("/") + route.target, encoded=True)
+        if is_websocket_upgrade(request):
+            headers = upstream_headers(request.headers, token)
+            return await websocket.relay(request, self.session, url, headers)
         await _continue_if_expected(request)
         body, replayable = await _request_body(request, self.replay_limit)
-        url = URL(str(self.upstream).rstrip("/") + route.target, encoded=True)
         upstream = await self._send(request, url, body, token)
         if upstream.status == 401 and token is not None and replayable \
                 and self.tokens.invalidate(token):
@@ -90,8 +114,51 @@ class Forwarder:
             raise UpstreamTimeout(f"the upstream did not answer {request.method} in time") \
                 from None
         except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamError(f"cannot reach the upstream {url.origin()}: "
-                                f"{exc.__class__.__name__}") from None
+            raise _upstream_failure(exc, url, self.max_header_size) from None
+
+
+def _upstream_failure(exc: Exception, url: URL, limit: int) -> UpstreamError:
+    """The error for an upstream exchange that failed before a response head was read."""
+    if _caused_by(exc, LineTooLong):
+        log.warning("upstream_header_too_large", upstream=str(url.origin()), limit=limit)
+        return UpstreamError(f"the upstream sent a header line longer than "
+                             f"proxy.max_header_size ({limit} bytes)")
+    if _caused_by(exc, HttpProcessingError):
+        log.warning("upstream_invalid_response", upstream=str(url.origin()))
+        return UpstreamError(f"the upstream {url.origin()} sent an invalid HTTP response")
+    return UpstreamError(f"cannot reach the upstream {url.origin()}: "
+                         f"{exc.__class__.__name__}")
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    """True if `exc` or anything in its `__cause__` chain is a `kind`."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, kind):
+            return True
+        seen = seen.__cause__
+    return False
+
+
+def check_header_sizes(request: web.Request, limit: int) -> None:
+    """Raise `HeaderTooLarge` naming the first header line (`Name: value`) over `limit`.
+
+    The server's parser accepts lines up to twice the limit (see `app.runner_options`) so
+    that this check, not a parse error, answers the common case with a clear 431.
+    """
+    for name, value in request.raw_headers:
+        if len(name) + len(value) + 2 > limit:
+            header = name.decode("latin-1")
+            log.info("request_header_too_large", header=header, limit=limit)
+            raise HeaderTooLarge(f"the request header {header} is longer than "
+                                 f"proxy.max_header_size ({limit} bytes)",
+                                 hint="send a shorter header or raise proxy.max_header_size")
+
+
+def is_websocket_upgrade(request: web.Request) -> bool:
+    """A `GET` asking to switch to the WebSocket protocol."""
+    return request.method == "GET" and "upgrade" in connection_listed(request.headers) \
+        and request.headers.get("Upgrade", "").strip().lower() == "websocket"
 
 
 def connection_listed(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
@@ -115,10 +182,15 @@ def upstream_headers(headers: CIMultiDictProxy[str], token: Token | None) -> CIM
     return out
 
 
+def expects_continue(request: web.Request) -> bool:
+    """An HTTP/1.1 request waiting for `100 Continue` before it sends its body."""
+    return request.version >= aiohttp.HttpVersion11 and \
+        request.headers.get("Expect", "").strip().lower() == "100-continue"
+
+
 async def _continue_if_expected(request: web.Request) -> None:
     """Answer `Expect: 100-continue` only now that a token is ready (see app's expect hook)."""
-    if request.version >= aiohttp.HttpVersion11 and \
-            request.headers.get("Expect", "").lower() == "100-continue":
+    if expects_continue(request):
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.writer.output_size = 0
 
@@ -143,30 +215,71 @@ async def _relay(request: web.Request, upstream: aiohttp.ClientResponse) -> web.
     """Stream the upstream answer to the client; abort the client if the upstream breaks off."""
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
                                   headers=_filtered(upstream.headers, ()))
-    await response.prepare(request)
     if request.method == "HEAD" or upstream.status in NO_BODY_STATUSES:
+        _close_if_framed(upstream)  # before any await: nobody else has its connection yet
+        await response.prepare(request)
         await response.write_eof()
         return response
+    await response.prepare(request)
     try:
         async for chunk in upstream.content.iter_any():
             await response.write(chunk)
     except (aiohttp.ClientPayloadError, aiohttp.ServerTimeoutError, ConnectionError) as exc:
         _abort(request, upstream, exc)
         return response
+    except asyncio.CancelledError:
+        upstream.close()
+        raise
     await response.write_eof()
     return response
+
+
+def _close_if_framed(upstream: aiohttp.ClientResponse) -> None:
+    """A 204/304 that announced a body (chunked, or a length on a 204) may be followed by
+    stray body bytes that would desync its connection: close it rather than reuse it.
+
+    aiohttp has already put a bodiless answer's connection back in the pool, so it is closed
+    through the response's protocol (private in aiohttp; skipped if that ever changes).
+    """
+    if upstream.method == "HEAD":
+        return
+    length = upstream.headers.get("Content-Length", "0").strip()
+    if "Transfer-Encoding" in upstream.headers or (upstream.status == 204 and length != "0"):
+        upstream.close()
+        protocol = getattr(upstream, "_protocol", None)
+        if protocol is not None:
+            protocol.close()
 
 
 def _abort(request: web.Request, upstream: aiohttp.ClientResponse, exc: Exception) -> None:
     """A broken stream: drop both connections so no one mistakes it for a complete answer."""
     upstream.close()
-    client_gone = isinstance(exc, ConnectionError)
-    (log.info if client_gone else log.warning)(
-        "client_disconnected" if client_gone else "upstream_broke_off",
-        path=request.path, error=exc.__class__.__name__,
-        sent=upstream.content.total_bytes, expected=upstream.content_length)
+    if isinstance(exc, ConnectionError):
+        log.info("client_disconnected", path=request.path, error=exc.__class__.__name__,
+                 relayed=upstream.content.total_bytes)
+    else:
+        event = "upstream_read_timeout" if isinstance(exc, aiohttp.ServerTimeoutError) \
+            else "upstream_broke_off"
+        log.warning(event, path=request.path, error=exc.__class__.__name__,
+                    received=upstream.content.total_bytes, expected=upstream.content_length)
     if request.transport is not None:
         request.transport.abort()
+
+
+def _log_cancelled(request: web.Request) -> None:
+    """The handler was cancelled: the client went away (or the server is stopping)."""
+    transport = request.transport
+    gone = transport is None or transport.is_closing()
+    log.info("client_disconnected" if gone else "request_cancelled", path=request.path)
+
+
+def refusal(request: web.Request, exc: ProxyError) -> web.Response:
+    """`error_response`, closing the connection when the request body was never read: a
+    client that sent `Expect: 100-continue` will not send it now."""
+    response = error_response(exc)
+    if expects_continue(request) and not request.content.is_eof():
+        response.force_close()
+    return response
 
 
 def error_response(exc: ProxyError) -> web.Response:
