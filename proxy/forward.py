@@ -27,7 +27,7 @@ from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from proxy import websocket
+from proxy import scrub, websocket
 from proxy.config import DEFAULT_MAX_HEADER_SIZE
 from proxy.errors import BadRequest, ProxyError, UpstreamError, UpstreamTimeout
 from proxy.routes import PROJECT_HEADER, Route, RouteTable
@@ -213,14 +213,20 @@ async def _stream(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
 
 async def _relay(request: web.Request, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
     """Stream the upstream answer to the client; abort the client if the upstream breaks off."""
+    headers = _filtered(upstream.headers, ())
+    small_error = await scrub.error_body(request.method, upstream, headers)  # see proxy.scrub
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
-                                  headers=_filtered(upstream.headers, ()))
+                                  headers=headers)
     if request.method == "HEAD" or upstream.status in NO_BODY_STATUSES:
         _close_if_framed(upstream)  # before any await: nobody else has its connection yet
         await response.prepare(request)
         await response.write_eof()
         return response
     await response.prepare(request)
+    if small_error is not None:
+        await response.write(small_error)
+        await response.write_eof()
+        return response
     try:
         async for chunk in upstream.content.iter_any():
             await response.write(chunk)
