@@ -9,6 +9,7 @@ from flags (which other local users can read in the process list).
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 import stat
@@ -387,6 +388,8 @@ class _Builder:
         except (TypeError, ValueError):
             raise ConfigError(f"{setting.source} must be a number of seconds, "
                               f"got {setting.value!r}") from None
+        if not math.isfinite(value):
+            raise ConfigError(f"{setting.source} must be a finite number, got {setting.value!r}")
         if value < minimum:
             raise ConfigError(f"{setting.source} must be at least {minimum:g}, got {value:g}")
         return value

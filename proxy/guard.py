@@ -7,7 +7,8 @@ admin endpoints under `/_proxy/` included, passes these checks first, in this or
    allowed (access key or `--allow-remote`); exactly `security.allowed_peers` when set.
    Unix-socket clients pass (the socket file is 0600);
 2. request target: origin-form only. CONNECT, absolute-form (`GET http://host/ HTTP/1.1`) and
-   `*` are refused, so the proxy never reaches anything but its configured upstream;
+   `*` are refused, so the proxy never reaches anything but its configured upstream; so is a
+   `#` (invalid in a target; the upstream would receive a shorter path than was routed);
 3. Host: an anchored allow-list, `localhost`, `127.0.0.1` and `[::1]` (any port, or none)
    plus `security.allowed_hosts`. A DNS-rebinding page sends its own name and is refused
    before any login or upstream call;
@@ -229,6 +230,10 @@ def check_target(method: str, raw_target: str) -> None:
         raise Refused(400, "bad_request",
                       "only origin-form request targets (/path) are accepted; this proxy "
                       "always talks to its configured upstream")
+    if "#" in raw_target:
+        raise Refused(400, "bad_request",
+                      "a request target cannot contain '#' (a fragment stays in the client); "
+                      "percent-encode it as %23 if it is part of the path or query")
 
 
 def host_name(host: str) -> str:

@@ -210,10 +210,12 @@ async def test_admin_endpoints_are_guarded_too(start_simulator: SimulatorFactory
     ("GET http://127.0.0.1:{port}/_proxy/status HTTP/1.1", 400, "bad_request"),
     ("CONNECT evil.example:443 HTTP/1.1", 405, "method_not_allowed"),
     ("OPTIONS * HTTP/1.1", 400, "bad_request"),
+    ("GET /v1/a#/../../evil HTTP/1.1", 400, "bad_request"),
 ])
 async def test_not_an_open_proxy(start_simulator: SimulatorFactory, start_proxy: ProxyFactory,
                                  line: str, status: int, code: str) -> None:
-    """Absolute-form targets, CONNECT and `*` are refused; nothing reaches any upstream."""
+    """Absolute-form targets, CONNECT, `*` and fragments are refused; nothing reaches any
+    upstream."""
     upstream = await RawUpstream(json_reply(BODY)).start()
     try:
         sim, proxy = await _proxy(start_simulator, start_proxy, upstream)
