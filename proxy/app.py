@@ -66,5 +66,6 @@ def runner_options(config: Config) -> dict[str, object]:
     """Server settings: request bodies never decompressed; header lines are parsed up to twice
     `max_header_size` so the forwarder can answer a clear 431 above the limit itself."""
     return {"access_log": None, "auto_decompress": False,
+            "shutdown_timeout": config.drain_seconds,
             "max_line_size": config.max_header_size,
             "max_field_size": 2 * config.max_header_size}

@@ -235,7 +235,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     """`check`: validate and try the logins."""
-    from proxy.oneshot import check  # noqa: PLC0415
+    from proxy.checklist import check  # noqa: PLC0415
 
     config = config_from_args(args)
     log.configure("error", "console" if sys.stderr.isatty() else "json")

@@ -34,6 +34,7 @@ DEFAULT_MAX_CONNECTIONS: Final = 100
 DEFAULT_REPLAY_LIMIT: Final = 64 * 1024
 DEFAULT_MAX_HEADER_SIZE: Final = 64 * 1024
 DEFAULT_MFA_WAIT: Final = 60.0
+DEFAULT_DRAIN_SECONDS: Final = 10.0
 CONFIG_FILE_NAME: Final = "zcompute-proxy.toml"
 
 MfaMode = Literal["auto", "combined", "receipt"]
@@ -104,6 +105,7 @@ FLAGS: Final[Mapping[str, str]] = {
 FILE_KEYS: Final = frozenset(ENVIRONMENT) - SECRET_KEYS | {
     "upstream.connect_timeout", "upstream.read_timeout", "upstream.max_connections",
     "tokens.replay_limit", "tokens.mfa_wait", "tokens.revoke_on_exit", "proxy.max_header_size",
+    "proxy.drain_seconds",
 }
 
 
@@ -223,6 +225,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     max_header_size: int = DEFAULT_MAX_HEADER_SIZE
+    drain_seconds: float = DEFAULT_DRAIN_SECONDS
     config_file: Path | None = None
     warnings: tuple[str, ...] = ()
 
@@ -256,6 +259,7 @@ def load(
         log=LogConfig(level=builder.choice("log.level", LOG_LEVELS, "info"),
                       format=builder.choice("log.format", LOG_FORMATS, "auto")),
         max_header_size=builder.integer("proxy.max_header_size", DEFAULT_MAX_HEADER_SIZE, 8192),
+        drain_seconds=builder.number("proxy.drain_seconds", DEFAULT_DRAIN_SECONDS, 0),
         security=builder.security(listen),
         config_file=path,
         warnings=tuple(builder.warnings),

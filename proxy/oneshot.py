@@ -1,4 +1,4 @@
-"""One-shot commands: print a token, check the configuration, explain the routes."""
+"""One-shot commands: print a token, explain the routes."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
-from proxy.clock import SystemClock
 from proxy.config import Config, parse_scope_spec
 from proxy.errors import ConfigError, ProxyError
 from proxy.scope import ACCOUNT, Scope, ScopeKind
@@ -37,32 +36,6 @@ async def print_token(config: Config, spec: str, out: TextIO = sys.stdout) -> in
     finally:
         await services.close()
     return 0
-
-
-async def check(config: Config, out: TextIO = sys.stdout) -> int:
-    """Try a login for the account and the default project; print what works."""
-    print(f"ok    configuration ({config.config_file or 'no file'}; "
-          f"upstream {config.upstream.url})", file=out)
-    for warning in config.warnings:
-        print(f"warn  {warning}", file=out)
-    scopes = [ACCOUNT] + ([Scope(ScopeKind.PROJECT, config.default_project)]
-                          if config.default_project else [])
-    services = build_services(config)
-    failed = 0
-    try:
-        for scope in scopes:
-            try:
-                token = await services.tokens.get(scope)
-            except ProxyError as exc:
-                failed += 1
-                hint = f" (hint: {exc.hint})" if exc.hint else ""
-                print(f"FAIL  login {scope}: {exc.message}{hint}", file=out)
-            else:
-                print(f"ok    login {scope}: token {token.fingerprint}, "
-                      f"{token.remaining(SystemClock()):.0f} s left", file=out)
-    finally:
-        await services.close()
-    return 1 if failed else 0
 
 
 def explain_routes(config: Config, method: str, paths: Sequence[str],

@@ -138,8 +138,11 @@ async def run_proxy(config: Config, loader: Callable[[], Config] | None = None) 
         loop.remove_signal_handler(signal.SIGHUP)
         if prompt is not None:
             prompt.close()
-        await runner.cleanup()
+        services.draining = True  # /_proxy/ready answers 503 from now on
+        log.info("draining", seconds=config.drain_seconds)
+        await runner.cleanup()  # waits for requests in flight up to drain_seconds
         remove_unix_socket(config.listen)
+        log.info("stopped")
     return 0
 
 

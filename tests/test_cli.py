@@ -102,10 +102,17 @@ def test_token_prints_a_working_token(simulator_url: str) -> None:
 
 def test_check_passes_and_fails_clearly(simulator_url: str) -> None:
     """`check` says ok per scope and exits 0; with a wrong password it names the scope, exit 1."""
-    good = run(["check"], env={**DEMO_ENV, "ZCOMPUTE_URL": simulator_url})
+    good = run(["check", "--route", "/api/v2/billing/**=project:prod"],
+               env={**DEMO_ENV, "ZCOMPUTE_URL": simulator_url})
     assert good.returncode == 0, good.stdout + good.stderr
-    assert "ok    login account" in good.stdout
-    assert "ok    login project:dev" in good.stdout
+    lines = good.stdout.splitlines()
+    assert lines[0].startswith("ok    configuration (no config file, upstream http://127.0.0.1")
+    assert lines[1] == f"ok    upstream {simulator_url}/ reachable (plain HTTP on loopback)"
+    assert lines[2].startswith("ok    login account: token sha256:")
+    assert lines[3].startswith("ok    login project:dev: token sha256:")
+    assert lines[4].startswith("ok    login project:prod: token sha256:")
+    assert re.fullmatch(r"ok    clock skew [+-]\d+ s against identity", lines[5])
+    assert "\033[" not in good.stdout  # no colour codes when not on a terminal
     bad = run(["check"], env={**DEMO_ENV, "ZCOMPUTE_URL": simulator_url,
                               "ZCOMPUTE_PASSWORD": "wrong-pass-123"})
     assert bad.returncode == 1
@@ -133,3 +140,21 @@ def test_readme_curl_lines_work_verbatim_against_the_demo(tmp_path: Path) -> Non
             assert result.returncode == 0, f"{line}: {result.stderr}"
     printed = proc.stdout()
     assert "curl http://127.0.0.1:8080/api/v2/compute/vms" in printed
+
+
+def test_check_colours_on_a_terminal() -> None:
+    """On a terminal the checklist marks ok green and FAIL red."""
+    import io  # noqa: PLC0415
+
+    from proxy.checklist import Checklist  # noqa: PLC0415
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    out = Terminal()
+    checks = Checklist(out)
+    checks.line("ok", "fine")
+    checks.line("FAIL", "broken")
+    assert out.getvalue() == "\033[32mok   \033[0m fine\n\033[31mFAIL \033[0m broken\n"
+    assert checks.failed

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from proxy.config import LOOPBACK_NETWORKS, load
+from proxy.config import ENVIRONMENT, FLAGS, LOOPBACK_NETWORKS, load
 from proxy.errors import ConfigError
+from tests.processes import ROOT
 
 BASE_ENV = {
     "ZCOMPUTE_URL": "https://zc.example.com",
@@ -157,3 +158,16 @@ def test_config_and_secret_file_permissions_warn(tmp_path: Path, mode: int,
                and w.endswith(f"run: chmod 600 {path}") for w in warnings)
     assert any(w.startswith(f"security.access_key_file in {path}: {key_file} {words}")
                and w.endswith(f"run: chmod 600 {key_file}") for w in warnings)
+
+
+def test_security_md_documents_every_security_setting() -> None:
+    """SECURITY.md's table names every [security] key, its environment variable and flag."""
+    text = (ROOT / "SECURITY.md").read_text()
+    for key, variable in ENVIRONMENT.items():
+        if key.startswith("security."):
+            assert f"`{variable}`" in text, variable
+            if not key.endswith("access_key"):
+                assert f"`{key.removeprefix('security.')}`" in text, key
+    for key, flag in FLAGS.items():
+        if key.startswith("security."):
+            assert f"`{flag}" in text, flag
