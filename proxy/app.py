@@ -42,7 +42,7 @@ def create_app(config: Config, *, clock: Clock | None = None,
         app[SERVICES], app[SESSION], app[TOKENS] = services, services.session, services.tokens
         app[FORWARDER] = Forwarder(services.session, config.upstream.url, services.routes,
                                    services.tokens, config.tokens.replay_limit,
-                                   config.max_header_size)
+                                   config.max_header_size, services.metrics)
         notices = asyncio.create_task(mfa_notices(services), name="mfa-notices")
         yield
         notices.cancel()

@@ -15,6 +15,7 @@ are handed to `proxy.websocket`.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
@@ -30,8 +31,9 @@ from yarl import URL
 from proxy import scrub, websocket
 from proxy.config import DEFAULT_MAX_HEADER_SIZE
 from proxy.errors import BadRequest, ProxyError, UpstreamError, UpstreamTimeout
+from proxy.metrics import Metrics
 from proxy.routes import PROJECT_HEADER, Route, RouteTable
-from proxy.scope import ScopeKind
+from proxy.scope import Scope, ScopeKind
 from proxy.tokens import Token, TokenManager
 
 log = structlog.get_logger("proxy.access")
@@ -45,6 +47,21 @@ AUTH_HEADER: Final = "X-Auth-Token"
 NO_BODY_STATUSES: Final = frozenset({204, 304})
 CHUNK: Final = 64 * 1024
 SENSITIVE_QUERY_KEYS: Final = ("token", "pass", "secret", "key", "code", "sig", "auth", "cred")
+REQUEST_ID_HEADER: Final = "X-Request-Id"
+UPSTREAM_SECONDS: Final = web.RequestKey("upstream_seconds", float)  # 0.0: not sent
+
+
+class TokenRejected(ProxyError):
+    """The upstream refused our token after a streamed body had been sent: not resent."""
+
+    status = 401
+    code = "token_rejected"
+
+    def __init__(self, scope: Scope) -> None:
+        super().__init__(
+            f"zCompute refused the {scope} token (401) after the request body had been "
+            "streamed to it; a streamed body is never sent twice", scope=str(scope),
+            hint="the token was renewed: send the request again")
 
 
 class HeaderTooLarge(BadRequest):
@@ -64,10 +81,12 @@ class Forwarder:
     tokens: TokenManager
     replay_limit: int
     max_header_size: int = DEFAULT_MAX_HEADER_SIZE
+    metrics: Metrics | None = None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Forward one request; our own failures become a JSON error response."""
         started = time.perf_counter()
+        request[UPSTREAM_SECONDS] = 0.0
         route: Route | None = None
         token: Token | None = None
         try:
@@ -82,7 +101,13 @@ class Forwarder:
         except asyncio.CancelledError:
             _log_cancelled(request)
             raise
-        _access_log(request, route, token, response, started)
+        elapsed = time.perf_counter() - started
+        _access_log(request, route, token, response, elapsed)
+        if self.metrics is not None:
+            self.metrics.request(
+                route.scope.kind.value if route else "refused", request.method,
+                response.status, total=elapsed, upstream=request[UPSTREAM_SECONDS],
+                body_bytes=response.body_length, upload_bytes=request.content.total_bytes)
         return response
 
     async def _exchange(self, request: web.Request, route: Route,
@@ -94,11 +119,15 @@ class Forwarder:
         await _continue_if_expected(request)
         body, replayable = await _request_body(request, self.replay_limit)
         upstream = await self._send(request, url, body, token)
-        if upstream.status == 401 and token is not None and replayable \
-                and self.tokens.invalidate(token):
-            upstream.release()
-            token = await self.tokens.get(route.scope)
-            upstream = await self._send(request, url, body, token)
+        if upstream.status == 401 and token is not None:
+            retry = self.tokens.invalidate(token)
+            if not replayable:
+                upstream.release()
+                return error_response(TokenRejected(route.scope))
+            if retry:
+                upstream.release()
+                token = await self.tokens.get(route.scope)
+                upstream = await self._send(request, url, body, token)
         try:
             return await _relay(request, upstream)
         finally:
@@ -107,14 +136,17 @@ class Forwarder:
     async def _send(self, request: web.Request, url: URL, body: bytes | AsyncIterator[bytes]
                     | None, token: Token | None) -> aiohttp.ClientResponse:
         headers = upstream_headers(request.headers, token)
+        sent = time.perf_counter()
         try:
-            return await self.session.request(request.method, url, headers=headers, data=body,
-                                              allow_redirects=False)
+            response = await self.session.request(request.method, url, headers=headers,
+                                                  data=body, allow_redirects=False)
         except aiohttp.ServerTimeoutError:
             raise UpstreamTimeout(f"the upstream did not answer {request.method} in time") \
                 from None
         except (aiohttp.ClientError, OSError) as exc:
             raise _upstream_failure(exc, url, self.max_header_size) from None
+        request[UPSTREAM_SECONDS] = time.perf_counter() - sent
+        return response
 
 
 def _upstream_failure(exc: Exception, url: URL, limit: int) -> UpstreamError:
@@ -310,8 +342,10 @@ def loggable_target(raw: str) -> str:
 
 
 def _access_log(request: web.Request, route: Route | None, token: Token | None,
-                response: web.StreamResponse, started: float) -> None:
+                response: web.StreamResponse, elapsed: float) -> None:
+    """One line per request; the request id is the client's `X-Request-Id` or a new one."""
     log.info("request", method=request.method, target=loggable_target(request.raw_path),
              scope=str(route.scope) if route else None, status=response.status,
-             ms=round((time.perf_counter() - started) * 1000, 2),
-             bytes=response.body_length, token=token.fingerprint if token else None)
+             ms=round(elapsed * 1000, 2), bytes=response.body_length,
+             token=token.fingerprint if token else None,
+             request_id=request.headers.get(REQUEST_ID_HEADER) or os.urandom(8).hex())

@@ -60,17 +60,20 @@ class Metrics:
         self._total = self.latency.labels("total")
         self._upstream = self.latency.labels("upstream")
         self._out = self.bytes.labels("to_client")
+        self._in = self.bytes.labels("to_upstream")
 
     def request(self, scope_kind: str, method: str, status: int, *, total: float,
-                upstream: float | None, body_bytes: int) -> None:
+                upstream: float, body_bytes: int, upload_bytes: int) -> None:
         """Record one forwarded request."""
         method = method if method in KNOWN_METHODS else "OTHER"
         self.requests.labels(scope_kind, method, str(status)).inc()
         self._total.observe(total)
-        if upstream is not None:
+        if upstream:
             self._upstream.observe(upstream)
         if body_bytes:
             self._out.inc(body_bytes)
+        if upload_bytes:
+            self._in.inc(upload_bytes)
 
     def token_event(self, event: str, scope: Scope, _fields: dict[str, Any]) -> None:
         """A TokenManager listener: count logins, re-scopes, failures and invalidations."""
