@@ -285,3 +285,33 @@ async def test_row39_mass_revocation_gives_no_client_visible_401(rig: RigFactory
     assert {status for status, _ in results} == {200}
     assert k.logins == 2
     assert set(u.tokens) == {"TOK-A", "TOK-B"}
+
+
+async def test_streamed_body_is_never_resent_after_a_401(rig: RigFactory) -> None:
+    """A 401 after a streamed (over the replay limit) body: JSON 401, token renewed, no resend."""
+    clock = FakeClock(START)
+    k, u, p = await rig(clock)
+    assert (await _get(p))[0] == 200
+    u.refuse.add("TOK-A")
+    async with aiohttp.ClientSession() as client, client.put(
+            f"{base_url(p)}/api/v2/objects/big", data=b"x" * (100 * 1024)) as resp:
+        body = await resp.json()
+        assert resp.status == 401
+    assert body["error"]["code"] == "token_rejected"
+    assert "never sent twice" in body["error"]["message"]
+    assert u.tokens == ["TOK-A", "TOK-A"]  # the PUT went once
+    assert (await _get(p))[0] == 200
+    assert u.tokens[-1] == "TOK-B"
+    assert k.logins == 2
+
+
+async def test_small_body_is_replayed_after_a_401(rig: RigFactory) -> None:
+    """A body within the replay limit is sent again with the new token after a 401."""
+    clock = FakeClock(START)
+    _k, u, p = await rig(clock)
+    assert (await _get(p))[0] == 200
+    u.refuse.add("TOK-A")
+    async with aiohttp.ClientSession() as client, client.post(
+            f"{base_url(p)}/api/v2/compute/vms", json={"name": "web-1"}) as resp:
+        assert resp.status == 200
+    assert u.tokens == ["TOK-A", "TOK-A", "TOK-B"]
