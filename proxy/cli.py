@@ -253,9 +253,9 @@ def cmd_control(args: argparse.Namespace) -> int:
     """`login`, `reload`, `totp CODE`: POST to the running proxy's admin endpoint."""
     from proxy.control import post_to_proxy  # noqa: PLC0415
 
-    base = args.proxy_url or f"http://{config_from_args(args, need_auth=False).listen}"
     body = {"code": args.code} if args.command == "totp" else {}
-    return post_to_proxy(f"{base.rstrip('/')}/_proxy/{args.command}", body)
+    return post_to_proxy(config_from_args(args, need_auth=False), args.command, body,
+                         args.proxy_url)
 
 
 def _listen(text: str, source: str) -> ListenAddress:

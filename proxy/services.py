@@ -133,13 +133,22 @@ def make_identity(config: Config, session: aiohttp.ClientSession,
         REDACTOR.add(auth.totp_secret.reveal())
         passcodes = SecretPasscodes(auth.totp_secret, clock)
     else:
-        base = f"http://{config.listen}"
-        passcodes = HumanPasscodes(clock, wait=config.tokens.mfa_wait, how_to=(
-            f"run `zcompute-proxy totp CODE`, POST {{\"code\": \"CODE\"}} to "
-            f"{base}/_proxy/totp, or open {base}/_proxy/ (or set ZCOMPUTE_TOTP_SECRET)"))
+        passcodes = HumanPasscodes(clock, wait=config.tokens.mfa_wait,
+                                   how_to=totp_how_to(config))
     identity = IdentityClient(session, config.upstream.identity_url, auth, passcodes, clock,
                               remember=REDACTOR.add)
     return identity, passcodes
+
+
+def totp_how_to(config: Config) -> str:
+    """How a person can give the running proxy a TOTP code."""
+    if config.listen.unix is not None:
+        return ("run `zcompute-proxy totp CODE`, or POST {\"code\": \"CODE\"} to /_proxy/totp "
+                f"over {config.listen} (or set ZCOMPUTE_TOTP_SECRET)")
+    base = f"http://{config.listen}"
+    page = "" if config.security.access_key else f", or open {base}/_proxy/"
+    return (f"run `zcompute-proxy totp CODE`, POST {{\"code\": \"CODE\"}} to "
+            f"{base}/_proxy/totp{page} (or set ZCOMPUTE_TOTP_SECRET)")
 
 
 def route_table(config: Config) -> RouteTable:

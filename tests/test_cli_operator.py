@@ -161,3 +161,43 @@ def _drain(fd: int) -> str:
         except OSError:
             break
     return b"".join(chunks).decode(errors="replace")
+
+
+def test_control_commands_send_the_access_key(simulator_url: str) -> None:
+    """With an access key configured, `reload` sends it; a wrong key is refused (407)."""
+    port = free_port()
+    key = "k3y-" + "a" * 40
+    env = {**BOB, "ZCOMPUTE_USERNAME": simulator.ALICE,
+           "ZCOMPUTE_PASSWORD": simulator.ALICE_PASSWORD, "ZCOMPUTE_URL": simulator_url,
+           "ZCOMPUTE_LISTEN": f"127.0.0.1:{port}", "ZCOMPUTE_ACCESS_KEY": key}
+    with running(["serve"], f"http://127.0.0.1:{port}/_proxy/health", env):
+        assert run(["reload"], env=env).returncode == 0
+        wrong = run(["reload"], env={**env, "ZCOMPUTE_ACCESS_KEY": "w" * 44})
+        assert wrong.returncode == 1
+        assert key not in wrong.stdout + wrong.stderr
+
+
+def test_control_commands_reach_a_unix_socket(simulator_url: str, tmp_path: Path) -> None:
+    """`--listen unix:PATH`: `reload` talks to the proxy over its socket."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    from tests.processes import ROOT, clean_env  # noqa: PLC0415
+
+    sock = tmp_path / "proxy.sock"
+    env = {**BOB, "ZCOMPUTE_USERNAME": simulator.ALICE,
+           "ZCOMPUTE_PASSWORD": simulator.ALICE_PASSWORD, "ZCOMPUTE_URL": simulator_url,
+           "ZCOMPUTE_LISTEN": f"unix:{sock}"}
+    proc = subprocess.Popen([sys.executable, "-m", "proxy", "serve"], cwd=ROOT,
+                            env=clean_env(env), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        end = time.monotonic() + 15
+        while not sock.exists() and time.monotonic() < end:
+            time.sleep(0.05)
+        result = run(["reload"], env=env)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert '"reloaded": true' in result.stdout
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
