@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 
+from benchmarks import streaming
+from proxy import simulator
 from proxy.app import SESSION
 from tests.bugcase_support import (
     captured_logs,
@@ -196,3 +198,17 @@ async def _a_b_post(proxy: TestServer) -> list[int]:
                 assert json.loads(reply.body)["error"]["code"] == "upstream_error"
             await asyncio.sleep(0.05)
     return statuses
+
+
+async def test_row29_real_server_cancels_on_disconnect() -> None:
+    """The same idle-upstream disconnect against `python -m proxy serve` (the test server
+    always cancels handlers, the production runner only because the app asks it to)."""
+    async with raw_upstream(_endless(MB, then_idle=True)) as upstream, \
+            streaming.served(simulator.create_app(simulator.SimulatorOptions())) as sim, \
+            streaming.proxy_process(upstream.url, f"{sim}/api/v2/identity/auth") as (base, _):
+        client = await RawClient.connect(int(base.rsplit(":", 1)[1]))
+        await client.send(request_bytes("GET", "/v1/big"))
+        await client.reader.readuntil(b"\r\n\r\n")
+        await client.reader.readexactly(MB)
+        client.reset()
+        await until(lambda: upstream.open_connections == 0, 2.0)
