@@ -36,7 +36,8 @@ def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
         return resp.status, resp.read()
 
 
-@pytest.mark.parametrize("command", ["serve", "simulate", "demo", "token", "check", "routes"])
+@pytest.mark.parametrize("command", ["serve", "simulate", "demo", "token", "check", "routes",
+                                     "login", "reload", "totp"])
 def test_every_command_has_help_with_an_example(command: str) -> None:
     """`zcompute-proxy COMMAND --help` exits 0 and shows an example."""
     result = run([command, "--help"])

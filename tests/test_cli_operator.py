@@ -201,3 +201,54 @@ def test_control_commands_reach_a_unix_socket(simulator_url: str, tmp_path: Path
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
+
+
+def test_sigterm_drains_requests_in_flight(tmp_path: Path) -> None:
+    """On SIGTERM a request in flight still completes, then the proxy exits 0."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    from tests.processes import ROOT  # noqa: PLC0415
+
+    upstream_port, proxy_port = free_port(), free_port()
+    slow = tmp_path / "slow.py"
+    slow.write_text(
+        "import asyncio\nfrom aiohttp import web\n"
+        "async def answer(request):\n    await asyncio.sleep(1.5)\n"
+        "    return web.json_response({'slow': True})\n"
+        "app = web.Application()\napp.router.add_get('/{tail:.*}', answer)\n"
+        f"web.run_app(app, host='127.0.0.1', port={upstream_port}, print=None)\n")
+    upstream = subprocess.Popen([sys.executable, str(slow)], cwd=ROOT)
+    _wait_for_port(upstream_port)
+    env = {"ZCOMPUTE_URL": f"http://127.0.0.1:{upstream_port}", "ZCOMPUTE_USERNAME": "u",
+           "ZCOMPUTE_ACCOUNT": "a", "ZCOMPUTE_PASSWORD": "p", "ZCOMPUTE_LOG_FORMAT": "json"}
+    base = f"http://127.0.0.1:{proxy_port}"
+    try:
+        with running(["serve", "--listen", f"127.0.0.1:{proxy_port}",
+                      "--route", "/**=none"], f"{base}/_proxy/health", env) as proxy:
+            result: list[int] = []
+            waiter = threading.Thread(target=lambda: result.append(_status(f"{base}/slow")))
+            waiter.start()
+            time.sleep(0.5)
+            proxy.proc.send_signal(signal.SIGTERM)
+            waiter.join(10)
+            assert proxy.proc.wait(10) == 0
+        assert result == [200]
+        events = proxy.stderr()
+        assert '"event": "draining"' in events
+        assert events.index('"event": "draining"') < events.index('"event": "stopped"')
+    finally:
+        upstream.terminate()
+        upstream.wait(10)
+
+
+def _wait_for_port(port: int, deadline: float = 15) -> None:
+    import socket  # noqa: PLC0415
+
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {port}")
