@@ -70,6 +70,11 @@ class HumanPasscodes:
         self.on_needed: list[Callable[[], None]] = []
 
     @property
+    def how_to(self) -> str:
+        """How a person can give a code."""
+        return self._how_to
+
+    @property
     def waiting(self) -> bool:
         """True while a login waits for a code."""
         return self._pending is not None and not self._pending.done()

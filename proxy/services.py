@@ -29,6 +29,7 @@ log = structlog.get_logger("proxy.services")
 
 SKIP_AUTO_HEADERS: Final = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 MFA_NOTICE_INTERVAL: Final = 60.0
+MFA_NOTICE_AHEAD: Final = 15 * 60.0
 
 
 @dataclass(slots=True)
@@ -63,13 +64,16 @@ class Services:
 SERVICES: Final = web.AppKey("services", Services)
 
 
-async def mfa_notices(services: Services) -> None:
-    """Warn in the log, ahead of time, when a person will have to give a TOTP code."""
+async def mfa_notices(services: Services, interval: float = MFA_NOTICE_INTERVAL) -> None:
+    """Warn in the log, from MFA_NOTICE_AHEAD on, that a person will soon have to give a code."""
     while True:
-        await asyncio.sleep(MFA_NOTICE_INTERVAL)
-        notice = mfa_state(services)
-        if notice.startswith("needed"):
-            log.warning("mfa_needed_soon", detail=notice)
+        await asyncio.sleep(interval)
+        if not services.identity.mfa_known or not isinstance(services.passcodes, HumanPasscodes):
+            continue
+        renew_in = services.tokens.renews_in(ACCOUNT)
+        if renew_in is not None and renew_in <= MFA_NOTICE_AHEAD:
+            log.warning("mfa_needed_soon", detail=mfa_state(services),
+                        how=services.passcodes.how_to)
 
 
 def mfa_state(services: Services) -> str:

@@ -187,3 +187,35 @@ def test_system_clock_reads_both_clocks() -> None:
     clock = SystemClock()
     assert abs(clock.wall() - time.time()) < 1
     assert abs(clock.monotonic() - time.monotonic()) < 1
+
+
+async def test_log_warns_ahead_when_a_person_will_need_to_give_a_code(
+        start_simulator: SimulatorFactory) -> None:
+    """Without a secret, the log warns 'MFA needed in N minutes' once renewal is near."""
+    from structlog.testing import capture_logs  # noqa: PLC0415
+
+    from proxy.credentials import HumanPasscodes  # noqa: PLC0415
+    from proxy.scope import ACCOUNT  # noqa: PLC0415
+    from proxy.services import build_services, mfa_notices  # noqa: PLC0415
+
+    sim = await start_simulator(token_ttl=1200)  # renewal due ~12 minutes after login
+    services = build_services(proxy_config(base_url(sim), env=BOB_ENV))
+    try:
+        passcodes = services.passcodes
+        assert isinstance(passcodes, HumanPasscodes)
+        needed = asyncio.Event()
+        passcodes.on_needed.append(needed.set)
+        login = asyncio.create_task(services.tokens.get(ACCOUNT))
+        await asyncio.wait_for(needed.wait(), 5)
+        passcodes.supply(pyotp.TOTP(simulator.DEFAULT_TOTP_SECRET).now())
+        await login
+        with capture_logs() as logs:
+            notices = asyncio.create_task(mfa_notices(services, interval=0.05))
+            await asyncio.sleep(0.2)
+            notices.cancel()
+    finally:
+        await services.close()
+    warnings = [e for e in logs if e["event"] == "mfa_needed_soon"]
+    assert warnings
+    assert warnings[0]["detail"].startswith("needed in 1")  # 11 or 12 minutes
+    assert "zcompute-proxy totp CODE" in warnings[0]["how"]
