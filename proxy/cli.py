@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from proxy import __version__, log
-from proxy.config import Config, ListenAddress, load, parse_listen
+from proxy.config import Config, ListenAddress, parse_listen
+from proxy.config_loader import load
 from proxy.errors import ConfigError, ProxyError
 
 DEFAULT_SIMULATOR_LISTEN: Final = "127.0.0.1:9090"

@@ -11,7 +11,8 @@ from aiohttp.test_utils import TestServer
 
 from proxy import simulator
 from proxy.app import create_app, runner_options
-from proxy.config import Config, load
+from proxy.config import Config
+from proxy.config_loader import load
 
 SimulatorFactory = Callable[..., Awaitable[TestServer]]
 ProxyFactory = Callable[..., Awaitable[TestServer]]

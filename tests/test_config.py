@@ -7,7 +7,8 @@ from pathlib import Path
 import pyotp
 import pytest
 
-from proxy.config import load, parse_route_flag
+from proxy.config import parse_route_flag
+from proxy.config_loader import load
 from proxy.errors import ConfigError
 
 BASE_ENV = {

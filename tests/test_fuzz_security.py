@@ -23,7 +23,8 @@ from yarl import URL
 
 from proxy import simulator
 from proxy.app import create_app, runner_options
-from proxy.config import ENVIRONMENT, FILE_KEYS, FLAGS, RouteRule, load, parse_route_flag
+from proxy.config import ENVIRONMENT, FILE_KEYS, FLAGS, RouteRule, parse_route_flag
+from proxy.config_loader import load
 from proxy.errors import BadRequest, ConfigError
 from proxy.routes import RouteTable, compile_pattern, normalize_for_matching
 from tests.conftest import proxy_config

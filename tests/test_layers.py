@@ -13,7 +13,7 @@ LAYERS: dict[str, int] = {
     # values with no internal dependency
     "errors": 0, "scope": 0, "secret": 0, "clock": 0,
     # configuration and logging
-    "config": 1, "log": 1,
+    "config": 1, "log": 1, "config_loader": 2,
     # pure building blocks
     "credentials": 2, "routes": 2, "tokens": 2, "scrub": 2,
     # talking to the outside world

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import tomllib
 
-from proxy.config import load
+from proxy.config_loader import load
 from tests.processes import ROOT
 
 

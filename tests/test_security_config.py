@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy.config import ENVIRONMENT, FLAGS, LOOPBACK_NETWORKS, load
+from proxy.config import ENVIRONMENT, FLAGS, LOOPBACK_NETWORKS
+from proxy.config_loader import load
 from proxy.errors import ConfigError
 from tests.processes import ROOT
 
