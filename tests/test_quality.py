@@ -38,3 +38,12 @@ def test_example_config_is_valid_and_documents_every_key() -> None:
         section, name = key.split(".")
         assert f"[{section}]" in text, key
         assert f"{name} =" in text, key
+
+
+def test_readme_documents_every_setting() -> None:
+    """README's configuration reference names every file key, variable and flag."""
+    from proxy.config import ENVIRONMENT, FILE_KEYS, FLAGS  # noqa: PLC0415
+
+    text = (ROOT / "README.md").read_text()
+    for name in (*FILE_KEYS, *ENVIRONMENT.values(), *FLAGS.values()):
+        assert f"`{name}`" in text, name
