@@ -77,7 +77,7 @@ def start(args: list[str], env: dict[str, str], workdir: Path, name: str) -> Pro
     """Start `python -m proxy ARGS` with its log in `workdir/name.log`."""
     log = workdir / f"{name}.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "proxy", *args], cwd=ROOT,
+        proc = subprocess.Popen([sys.executable, "-m", "proxy", *args], cwd=ROOT,  # noqa: S603
                                 env={**os.environ, **env}, stdout=out, stderr=out)
     return Process(proc, log)
 
@@ -115,7 +115,7 @@ class Rig:
 
 
 async def start_rig(workdir: Path, *, token_ttl: float, lockout: int = 0,
-                    password: str = "alice-pass") -> Rig:
+                    password: str = "alice-pass") -> Rig:  # noqa: S107 - the demo user
     """Start the simulator and a proxy logging JSON at INFO."""
     sim_port, proxy_port = free_port(), free_port()
     sim_args = ["simulate", "--listen", f"127.0.0.1:{sim_port}", "--token-ttl", str(token_ttl)]
@@ -260,7 +260,8 @@ async def soak(workdir: Path, duration: float, clients: int, event: str | None) 
 
 async def lockout(workdir: Path, requests: int, seconds: float) -> dict[str, Any]:
     """Wrong password against a simulator that locks after 3 failures."""
-    rig = await start_rig(workdir, token_ttl=3600, lockout=3, password="wrong-password")
+    rig = await start_rig(workdir, token_ttl=3600, lockout=3,
+                          password="wrong-password")  # noqa: S106 - a wrong one on purpose
     statuses: dict[int, int] = {}
     try:
         async with aiohttp.ClientSession() as client:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -22,6 +23,7 @@ from proxy.errors import ConfigError, ProxyError
 DEFAULT_SIMULATOR_LISTEN: Final = "127.0.0.1:9090"
 EXIT_FAILED: Final = 1
 EXIT_USAGE: Final = 2
+LOOPS: Final = ("auto", "asyncio", "uvloop")
 
 EPILOG: Final = """examples:
   zcompute-proxy demo                         # simulator + proxy, ready-to-paste curl lines
@@ -106,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     _config_options(serve)
     serve.add_argument("--generate-access-key", metavar="FILE",
                        help="write a new random access key to FILE (mode 0600) and exit")
+    serve.add_argument("--loop", choices=LOOPS, default=os.environ.get("ZCOMPUTE_LOOP", "auto"),
+                       help="event loop [ZCOMPUTE_LOOP]: auto (the default) is uvloop when it "
+                            "is installed (pip install 'zcompute-proxy[speed]'), else asyncio")
     simulate = command("simulate", "run the built-in zCompute simulator",
                        "zcompute-proxy simulate --listen 127.0.0.1:9090 --mfa")
     demo = command("demo", "run the simulator and the proxy together, print curl lines",
@@ -186,8 +191,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _run(coro: Coroutine[Any, Any, int]) -> int:
-    return asyncio.run(coro)
+def _run(coro: Coroutine[Any, Any, int],
+         loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None) -> int:
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(coro)
+
+
+def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop for `uvloop`, and for `auto` when it is installed; None: asyncio's."""
+    if choice not in LOOPS:
+        raise ConfigError(f"ZCOMPUTE_LOOP must be one of {', '.join(LOOPS)}, not {choice!r}")
+    if choice == "asyncio":
+        return None
+    try:
+        uvloop = importlib.import_module("uvloop")
+    except ImportError:
+        if choice == "uvloop":
+            raise ConfigError("--loop uvloop: uvloop is not installed "
+                              "(pip install 'zcompute-proxy[speed]')") from None
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -205,7 +229,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     log.configure(config.log.level, config.log.format)
     from proxy.server import run_proxy  # noqa: PLC0415
 
-    return _run(run_proxy(config, loader=lambda: config_from_args(args)))
+    factory = event_loop_factory(args.loop)
+    return _run(run_proxy(config, loader=lambda: config_from_args(args)), factory)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:

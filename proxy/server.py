@@ -52,8 +52,13 @@ async def start_proxy(config: Config,
              upstream=str(config.upstream.url),
              account=auth.account if auth else None, project=config.default_project,
              access_key="required" if config.security.access_key else "not set",
-             try_it=try_it(config))
+             loop=loop_name(), try_it=try_it(config))
     return runner
+
+
+def loop_name() -> str:
+    """`asyncio` or `uvloop`: the package of the running event loop."""
+    return type(asyncio.get_running_loop()).__module__.partition(".")[0]
 
 
 def listen_url(listen: ListenAddress) -> str:
