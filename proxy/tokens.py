@@ -180,7 +180,9 @@ class TokenManager:
         """Clear latches and start a renewal of `scope` at once (an operator's 'login')."""
         self.reset()
         self._rejected.clear()
-        return self._inflight.get(scope) or self._start_issue(scope)
+        task = self._inflight.get(scope) or self._start_issue(scope)
+        task.add_done_callback(_consume_exception)  # the caller may not wait for the result
+        return task
 
     def replace_issuer(self, issuer: Issuer) -> None:
         """Use new credentials: forget every token, latch and backoff."""
