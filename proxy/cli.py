@@ -193,8 +193,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(coro: Coroutine[Any, Any, int],
          loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None) -> int:
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(coro)
+    try:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(coro)
+    finally:
+        log.flush()  # lines of the loop's last step, before anything else is printed
 
 
 def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -7,8 +7,13 @@ value of a log event by its fingerprint.
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import contextlib
+import json
 import logging
 import sys
+import threading
 from collections import deque
 from collections.abc import MutableMapping
 from typing import Any, Final, TextIO
@@ -42,24 +47,81 @@ class Redactor:
 
     def __call__(self, _logger: Any, _method: str,
                  event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-        """structlog processor."""
+        """structlog processor: every string value (and exception) scrubbed. The string values
+        are searched once, joined: most events hold no secret and cost one pass."""
+        texts = []
         for key, value in event.items():
             if isinstance(value, str):
-                event[key] = self.scrub(value)
+                texts.append(value)
             elif isinstance(value, BaseException):
                 event[key] = self.scrub(repr(value))
+        joined = "\0".join(texts)
+        if any(secret in joined for secret in self._secrets):
+            for key, value in event.items():
+                if isinstance(value, str):
+                    event[key] = self.scrub(value)
         return event
 
 
+class LineLogger:
+    """structlog's output, one line per event. Lines logged in one step of a running event
+    loop are written together at the end of that step, with one system call however many
+    requests finished in it (PrintLogger costs two per line); elsewhere at once."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._pending: list[str] = []
+        self._lock = threading.Lock()
+
+    def msg(self, message: str) -> None:
+        """Queue `message` as a line; write it at the end of this loop step or now."""
+        with self._lock:
+            self._pending.append(message)
+            first = len(self._pending) == 1
+        if first:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:  # no loop running in this thread
+                self.flush()
+
+    debug = info = warning = warn = error = critical = exception = fatal = msg
+
+    def flush(self) -> None:
+        """Write the queued lines."""
+        with self._lock:
+            lines, self._pending = self._pending, []
+        if lines:
+            self._stream.write("\n".join(lines) + "\n")
+            self._stream.flush()
+
+
+_JSON: Final = json.JSONEncoder(default=repr)  # json.dumps' output; built once, not per call
+
+
+def render_json(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> str:
+    """structlog renderer: the event as one JSON object (non-JSON values as their repr)."""
+    return _JSON.encode(event)
+
+
 REDACTOR: Final = Redactor()
+_outputs: list[LineLogger] = []
+
+
+def flush() -> None:
+    """Write every log line still queued (when an event loop has finished, and at exit)."""
+    for output in _outputs:
+        with contextlib.suppress(ValueError, OSError):  # a stream closed already
+            output.flush()
 
 
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     """Set up structlog once for the process."""
     stream = stream or sys.stderr
+    output = LineLogger(stream)
+    _outputs.append(output)
     console = fmt == "console" or (fmt == "auto" and stream.isatty())
     renderer: Any = (structlog.dev.ConsoleRenderer(colors=stream.isatty()) if console
-                     else structlog.processors.JSONRenderer())
+                     else render_json)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -70,8 +132,11 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        logger_factory=lambda *_args: output,
         cache_logger_on_first_use=True,
     )
     logging.basicConfig(level=max(LEVELS[level], logging.WARNING), stream=stream,
                         format="%(levelname)s %(name)s: %(message)s")
+
+
+atexit.register(flush)
