@@ -15,10 +15,10 @@ are handed to `proxy.websocket`.
 from __future__ import annotations
 
 import asyncio
-import os
+import random
 import time
-from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Final
 
 import aiohttp
@@ -43,6 +43,7 @@ HOP_BY_HOP: Final = frozenset({
     "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
 })
 REQUEST_ONLY_DROP: Final = frozenset({"host", "x-auth-token", PROJECT_HEADER.lower(), "expect"})
+REQUEST_DROP: Final = HOP_BY_HOP | REQUEST_ONLY_DROP
 AUTH_HEADER: Final = "X-Auth-Token"
 NO_BODY_STATUSES: Final = frozenset({204, 304})
 CHUNK: Final = 64 * 1024
@@ -82,6 +83,10 @@ class Forwarder:
     replay_limit: int
     max_header_size: int = DEFAULT_MAX_HEADER_SIZE
     metrics: Metrics | None = None
+    base: str = field(init=False)  # the upstream URL as text, without a trailing slash
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "base", str(self.upstream).rstrip("/"))
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Forward one request; our own failures become a JSON error response."""
@@ -112,12 +117,14 @@ class Forwarder:
 
     async def _exchange(self, request: web.Request, route: Route,
                         token: Token | None) -> web.StreamResponse:
-        url = URL(str(self.upstream).rstrip("/") + route.target, encoded=True)
+        url = URL(self.base + route.target, encoded=True)
         if is_websocket_upgrade(request):
             headers = upstream_headers(request.headers, token)
             return await websocket.relay(request, self.session, url, headers)
-        await _continue_if_expected(request)
-        body, replayable = await _request_body(request, self.replay_limit)
+        if expects_continue(request):
+            await _send_continue(request)
+        body, replayable = await _request_body(request, self.replay_limit) \
+            if request.body_exists else (None, True)
         upstream = await self._send(request, url, body, token)
         if upstream.status == 401 and token is not None:
             retry = self.tokens.invalidate(token)
@@ -189,8 +196,10 @@ def check_header_sizes(request: web.Request, limit: int) -> None:
 
 def is_websocket_upgrade(request: web.Request) -> bool:
     """A `GET` asking to switch to the WebSocket protocol."""
-    return request.method == "GET" and "upgrade" in connection_listed(request.headers) \
-        and request.headers.get("Upgrade", "").strip().lower() == "websocket"
+    headers = request.headers
+    return request.method == "GET" and "Upgrade" in headers \
+        and headers.getone("Upgrade").strip().lower() == "websocket" \
+        and "upgrade" in connection_listed(headers)
 
 
 def connection_listed(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
@@ -201,14 +210,16 @@ def connection_listed(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[
     return listed
 
 
-def _filtered(headers: CIMultiDictProxy[str], drop: Iterable[str]) -> CIMultiDict[str]:
-    dropped = HOP_BY_HOP.union(drop, connection_listed(headers))
-    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in dropped)
+def _filtered(headers: CIMultiDictProxy[str], dropped: frozenset[str]) -> CIMultiDict[str]:
+    """`headers` without the (lower-case) names in `dropped` and those Connection lists."""
+    if "Connection" in headers:
+        dropped = dropped.union(connection_listed(headers))
+    return CIMultiDict([(k, v) for k, v in headers.items() if k.lower() not in dropped])
 
 
 def upstream_headers(headers: CIMultiDictProxy[str], token: Token | None) -> CIMultiDict[str]:
     """The client's headers in order, minus hop-by-hop and ours, plus the token."""
-    out = _filtered(headers, REQUEST_ONLY_DROP)
+    out = _filtered(headers, REQUEST_DROP)
     if token is not None:
         out[AUTH_HEADER] = token.value
     return out
@@ -216,15 +227,14 @@ def upstream_headers(headers: CIMultiDictProxy[str], token: Token | None) -> CIM
 
 def expects_continue(request: web.Request) -> bool:
     """An HTTP/1.1 request waiting for `100 Continue` before it sends its body."""
-    return request.version >= aiohttp.HttpVersion11 and \
-        request.headers.get("Expect", "").strip().lower() == "100-continue"
+    return "Expect" in request.headers and request.version >= aiohttp.HttpVersion11 and \
+        request.headers.getone("Expect").strip().lower() == "100-continue"
 
 
-async def _continue_if_expected(request: web.Request) -> None:
+async def _send_continue(request: web.Request) -> None:
     """Answer `Expect: 100-continue` only now that a token is ready (see app's expect hook)."""
-    if expects_continue(request):
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        request.writer.output_size = 0
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0
 
 
 async def _request_body(request: web.Request,
@@ -243,22 +253,28 @@ async def _stream(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
         yield chunk
 
 
+class _WholeBody(web.StreamResponse):
+    """An answer whose body is all there already: its head leaves with the body in one write,
+    not in a write of its own ahead of it (aiohttp's switch, as its own `Response` sets it;
+    should it go away, the head is merely sent first again)."""
+
+    _send_headers_immediately = False
+
+
 async def _relay(request: web.Request, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
     """Stream the upstream answer to the client; abort the client if the upstream breaks off."""
-    headers = _filtered(upstream.headers, ())
-    small_error = await scrub.error_body(request.method, upstream, headers)  # see proxy.scrub
-    response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
-                                  headers=headers)
+    headers = _filtered(upstream.headers, HOP_BY_HOP)
     if request.method == "HEAD" or upstream.status in NO_BODY_STATUSES:
         _close_if_framed(upstream)  # before any await: nobody else has its connection yet
-        await response.prepare(request)
-        await response.write_eof()
-        return response
+        return await _send_whole(request, upstream, headers, b"")
+    if scrub.scrubbable(request.method, upstream.status, upstream.headers):
+        small_error = await scrub.error_body(request.method, upstream, headers)
+        return await _send_whole(request, upstream, headers, small_error or b"")
+    if upstream.content.is_eof():  # a small answer arrived whole with its head
+        return await _send_whole(request, upstream, headers, upstream.content.read_nowait())
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
+                                  headers=headers)
     await response.prepare(request)
-    if small_error is not None:
-        await response.write(small_error)
-        await response.write_eof()
-        return response
     try:
         async for chunk in upstream.content.iter_any():
             await response.write(chunk)
@@ -269,6 +285,15 @@ async def _relay(request: web.Request, upstream: aiohttp.ClientResponse) -> web.
         upstream.close()
         raise
     await response.write_eof()
+    return response
+
+
+async def _send_whole(request: web.Request, upstream: aiohttp.ClientResponse,
+                      headers: CIMultiDict[str], body: bytes) -> web.StreamResponse:
+    """Answer with the upstream's status and `headers`, and `body` in the same write."""
+    response = _WholeBody(status=upstream.status, reason=upstream.reason, headers=headers)
+    await response.prepare(request)
+    await response.write_eof(body)
     return response
 
 
@@ -348,4 +373,9 @@ def _access_log(request: web.Request, route: Route | None, token: Token | None,
              scope=str(route.scope) if route else None, status=response.status,
              ms=round(elapsed * 1000, 2), bytes=response.body_length,
              token=token.fingerprint if token else None,
-             request_id=request.headers.get(REQUEST_ID_HEADER) or os.urandom(8).hex())
+             request_id=request.headers.get(REQUEST_ID_HEADER) or _new_request_id())
+
+
+def _new_request_id() -> str:
+    """16 hex digits; identifies a log line, not a secret (no system call, unlike urandom)."""
+    return f"{random.getrandbits(64):016x}"

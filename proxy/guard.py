@@ -120,12 +120,15 @@ class Guard:
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Refuse the request, or hand it on without the headers a client may not set."""
         peer = peer_text(request)
-        with structlog.contextvars.bound_contextvars(peer=peer):
-            try:
-                self.check(request, peer)
-            except Refused as exc:
-                return refusal(request, exc)
+        bound = structlog.contextvars.bind_contextvars(peer=peer)
+        try:
+            self.check(request, peer)
+        except Refused as exc:
+            return refusal(request, exc)
+        else:
             return await handler(_without_stripped(request))
+        finally:
+            structlog.contextvars.reset_contextvars(**bound)
 
     def check(self, request: web.Request, peer: str) -> None:
         """Raise `Refused` for the first check the request fails."""
@@ -178,6 +181,8 @@ class Guard:
 
     async def strip_cors(self, request: web.Request, response: web.StreamResponse) -> None:
         """Drop CORS allow headers unless the request's Origin is allow-listed."""
+        if response.headers.keys().isdisjoint(CORS_RESPONSE_HEADERS):
+            return  # the usual case: one case-insensitive set operation
         origin = request.headers.get("Origin")
         if origin is not None and origin.lower() in self.origins:
             return
@@ -260,7 +265,7 @@ def shown(text: str) -> str:
 def _without_stripped(request: web.Request) -> web.Request:
     """`request`, or a clone of it without Proxy-Authorization and the spoofable headers."""
     headers = request.headers
-    if not any(name in headers for name in STRIPPED):
+    if headers.keys().isdisjoint(STRIPPED):  # case-insensitive
         return request
     kept = CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in _STRIPPED_LOWER)
     return request.clone(headers=kept)

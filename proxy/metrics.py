@@ -61,12 +61,17 @@ class Metrics:
         self._upstream = self.latency.labels("upstream")
         self._out = self.bytes.labels("to_client")
         self._in = self.bytes.labels("to_upstream")
+        self._counters: dict[tuple[str, str, int], Counter] = {}  # `labels` is not cheap
 
     def request(self, scope_kind: str, method: str, status: int, *, total: float,
                 upstream: float, body_bytes: int, upload_bytes: int) -> None:
         """Record one forwarded request."""
         method = method if method in KNOWN_METHODS else "OTHER"
-        self.requests.labels(scope_kind, method, str(status)).inc()
+        key = (scope_kind, method, status)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = self.requests.labels(scope_kind, method, str(status))
+        counter.inc()
         self._total.observe(total)
         if upstream:
             self._upstream.observe(upstream)

@@ -23,6 +23,8 @@ PROJECT_HEADER: Final = "X-Zcompute-Project"
 _UNRESERVED: Final = re.compile(r"%(2[dDeE]|5[fF]|7[eE]|[46][1-9a-fA-F]|[57][0-9aA]|3[0-9])")
 _DOT_SEGMENT: Final = re.compile(r"(?:^|/)(?:\.|%2[eE]){1,2}(?:/|$)")
 _PROJECT_NAME: Final = re.compile(r"^[\w.:@+-]{1,255}$")
+CACHE_SIZE: Final = 1024  # decisions remembered (cleared when full)
+CACHED_TARGET_LENGTH: Final = 512  # longer targets are decided afresh each time
 
 DEFAULT_RULES: Final = (
     RouteRule(pattern="/api/v2/aws/**", scope="none"),
@@ -81,14 +83,30 @@ class RouteTable:
             _CompiledRule(r, compile_pattern(r.pattern), parse_scope_spec(r.scope, r.source))
             for r in self.rules)
         self.default_project = default_project
+        self._decided: dict[tuple[str, str, str | None], Route] = {}
 
     def adopt(self, other: RouteTable) -> None:
         """Take over the rules and default project of `other` (a configuration reload)."""
         self.rules, self._compiled = other.rules, other._compiled
         self.default_project = other.default_project
+        self._decided = {}
 
     def resolve(self, method: str, raw_target: str, project_header: str | None = None) -> Route:
-        """Pick the scope for a request; raise `BadRequest` for targets we refuse."""
+        """Pick the scope for a request; raise `BadRequest` for targets we refuse.
+
+        The same request line and project header always get the same decision, so decisions
+        for targets of a usual length are remembered."""
+        key = (method, raw_target, project_header)
+        route = self._decided.get(key)
+        if route is None:
+            route = self._decide(method, raw_target, project_header)
+            if len(raw_target) <= CACHED_TARGET_LENGTH:
+                if len(self._decided) >= CACHE_SIZE:
+                    self._decided.clear()
+                self._decided[key] = route
+        return route
+
+    def _decide(self, method: str, raw_target: str, project_header: str | None) -> Route:
         path, sep, query = raw_target.partition("?")
         if not path.startswith("/"):
             raise BadRequest("only origin-form request targets (/path) are accepted; "

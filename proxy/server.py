@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import socket
@@ -133,6 +134,8 @@ async def wait_for_signal() -> None:
 async def run_proxy(config: Config, loader: Callable[[], Config] | None = None) -> int:
     """`serve`: reload on SIGHUP; prompt for TOTP codes when attached to a terminal."""
     runner = await start_proxy(config, loader)
+    gc.collect()
+    gc.freeze()  # what start-up built lives as long as the process: the collector skips it
     services = runner.app[SERVICES]
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGHUP, _reload_on_signal, services)

@@ -151,11 +151,13 @@ class TokenManager:
 
     async def get(self, scope: Scope) -> Token:
         """A token for `scope` with at least the floor left; may wait for one login."""
-        entry = self._live(scope)
+        entry = self._cache.get(scope)
         if entry is not None:
-            if entry.token.remaining(self._clock) <= entry.renew_at:
-                self._renew_in_background(scope)
-            return entry.token
+            left = entry.token.remaining(self._clock)
+            if left > entry.floor:
+                if left <= entry.renew_at:
+                    self._renew_in_background(scope)
+                return entry.token
         return (await self._shared_issue(scope)).token
 
     def invalidate(self, token: Token) -> bool:
