@@ -99,11 +99,8 @@ async def _totp(request: web.Request, services: Services) -> web.Response:
     passcodes = services.passcodes
     if not isinstance(passcodes, HumanPasscodes):
         raise BadRequest("this proxy computes TOTP codes from its configured secret")
-    used = passcodes.supply(await _read_code(request))
-    if not used:  # nobody waited: use it for an early renewal of the account token
-        services.tokens.renew_now(ACCOUNT)
-    return web.json_response({"accepted": True,
-                              "used_by": "waiting login" if used else "new login"})
+    passcodes.supply(await _read_code(request))
+    return web.json_response({"accepted": True})
 
 
 async def _reload(services: Services) -> web.Response:

@@ -10,7 +10,7 @@ from typing import Final, Protocol
 import pyotp
 
 from proxy.clock import Clock
-from proxy.errors import BadRequest, MfaRequired
+from proxy.errors import BadRequest, MfaRequired, NoLoginWaiting
 from proxy.secret import Secret
 
 TOTP_STEP: Final = 30
@@ -55,9 +55,9 @@ class SecretPasscodes:
 class HumanPasscodes:
     """Codes typed by a person (terminal, `zcompute-proxy totp CODE`, `POST /_proxy/totp`).
 
-    A login that needs a code waits up to `wait` seconds for one. A code supplied while no
-    login waits is kept for one TOTP step and used by the next login (the caller starts one).
-    The same code is never used twice.
+    A login that needs a code waits up to `wait` seconds for one. A code is accepted only
+    while a login waits for it (nothing else may start a login with a guessed code), and the
+    same code is never used twice.
     """
 
     def __init__(self, clock: Clock, *, wait: float, how_to: str) -> None:
@@ -65,7 +65,6 @@ class HumanPasscodes:
         self._wait = wait
         self._how_to = how_to
         self._pending: asyncio.Future[str] | None = None
-        self._stored: tuple[str, float] | None = None
         self._used: deque[str] = deque(maxlen=16)
         self.on_needed: list[Callable[[], None]] = []
 
@@ -79,36 +78,35 @@ class HumanPasscodes:
         """True while a login waits for a code."""
         return self._pending is not None and not self._pending.done()
 
+    def configure(self, *, wait: float, how_to: str) -> None:
+        """Change how long logins wait and what they tell the person (one-shot commands)."""
+        self._wait, self._how_to = wait, how_to
+
     async def passcode(self) -> str:
-        """A code from a person: a stored fresh one, or the next one supplied within `wait`."""
-        stored, self._stored = self._stored, None
-        if stored is not None and self._clock.monotonic() - stored[1] < TOTP_STEP:
-            return self._use(stored[0])
+        """The next code a person gives within `wait` seconds."""
         self._pending = asyncio.get_running_loop().create_future()
         for notify in self.on_needed:
             notify()
         try:
-            return self._use(await asyncio.wait_for(asyncio.shield(self._pending), self._wait))
+            code = await asyncio.wait_for(asyncio.shield(self._pending), self._wait)
         except TimeoutError:
             raise MfaRequired(f"a TOTP code is needed and none came within {self._wait:.0f} s",
                               hint=self._how_to) from None
         finally:
             self._pending = None
+        self._used.append(code)
+        return code
 
-    def supply(self, code: str) -> bool:
-        """Take a code; True if a waiting login got it, False if it was kept for the next one."""
+    def supply(self, code: str) -> None:
+        """Give the waiting login `code`."""
         code = code.strip().replace(" ", "")
         if not code.isdigit() or not 6 <= len(code) <= 8:
             raise BadRequest("a TOTP code is 6 to 8 digits", hint=self._how_to)
         if code in self._used:
             raise BadRequest("that code was used already; wait for the next one",
                              hint=self._how_to)
-        if self._pending is not None and not self._pending.done():
-            self._pending.set_result(code)
-            return True
-        self._stored = (code, self._clock.monotonic())
-        return False
-
-    def _use(self, code: str) -> str:
-        self._used.append(code)
-        return code
+        if self._pending is None or self._pending.done():
+            raise NoLoginWaiting("no login is waiting for a TOTP code; the code was not used",
+                                 hint="run `zcompute-proxy login` (or press 'Log in again' on "
+                                      "the status page) to log in now; it then asks for a code")
+        self._pending.set_result(code)

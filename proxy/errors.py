@@ -3,6 +3,7 @@
     ProxyError                      500  root; never raised bare
     ├── ConfigError                 -    bad configuration; the CLI prints it and exits 2
     ├── BadRequest                  400  a request the proxy refuses to forward
+    │   └── NoLoginWaiting          409  a TOTP code came while no login waits for one
     ├── IdentityError               502  identity answered something we cannot use
     │   ├── CredentialsRejected     502  wrong password/passcode, locked, expired: latched
     │   ├── MfaRequired             503  a TOTP code is needed and none is available
@@ -56,6 +57,13 @@ class BadRequest(ProxyError):
 
     status = 400
     code = "bad_request"
+
+
+class NoLoginWaiting(BadRequest):
+    """A TOTP code was given while no login waits for one; it is not kept."""
+
+    status = 409
+    code = "no_login_waiting"
 
 
 class IdentityError(ProxyError):

@@ -189,12 +189,24 @@ class IdentityClient:
         if receipt is not None and passcode is None:
             self._mfa_known = self._auth.mfa != "receipt"
             log.info("mfa_receipt", scope=str(scope))
-            passcode = await self._passcode(scope)
-            headers = {RECEIPT_HEADER: receipt} if receipt else {}
-            reply = await self._post(totp_body(self._auth, scope, passcode), scope, headers)
+            reply = await self._finish_with_totp(scope, receipt)
+            passcode = "sent"
         if reply.status in (200, 201):
             return self._token(reply, scope)
         raise self._login_error(reply, scope, mfa=passcode is not None)
+
+    async def _finish_with_totp(self, scope: Scope, receipt: str) -> Reply:
+        """TOTP plus the receipt. The receipt proves the password right, so a refused code
+        (already used by another process, or mistyped) gets one more try with a new code."""
+        headers = {RECEIPT_HEADER: receipt} if receipt else {}
+        for attempt in range(2):
+            passcode = await self._passcode(scope)
+            reply = await self._post(totp_body(self._auth, scope, passcode), scope, headers)
+            if reply.status != 401 or attempt:
+                break
+            log.warning("totp_refused", scope=str(scope),
+                        detail="the password was accepted; trying once more with a new code")
+        return reply
 
     async def rescope(self, parent: Token, scope: Scope) -> Token:
         """A token for `scope` from `parent` (Keystone `token` method)."""

@@ -81,11 +81,14 @@ async def test_human_totp_code_via_admin_endpoint_unblocks_waiting_requests(
     assert status["mfa"] == "needed now: a login is waiting for a TOTP code"
     code = pyotp.TOTP(simulator.DEFAULT_TOTP_SECRET).now()
     accepted = await _call(proxy, "POST", "/_proxy/totp", json={"code": code})
-    assert accepted == (200, {"accepted": True, "used_by": "waiting login"})
+    assert accepted == (200, {"accepted": True})
     assert {status for status, _ in await asyncio.gather(*waiting)} == {200}
     reused = await _call(proxy, "POST", "/_proxy/totp", data={"code": code})
     assert reused[0] == 400
     assert "used already" in reused[1]["error"]["message"]
+    stray = await _call(proxy, "POST", "/_proxy/totp", json={"code": "000000"})
+    assert stray[0] == 409  # no login waits: a stray or guessed code never starts one
+    assert stray[1]["error"]["code"] == "no_login_waiting"
     _, status = await _call(proxy, "GET", "/_proxy/status")
     assert status["mfa"].startswith("needed in ")
 
@@ -219,3 +222,33 @@ async def test_log_warns_ahead_when_a_person_will_need_to_give_a_code(
     assert warnings
     assert warnings[0]["detail"].startswith("needed in 1")  # 11 or 12 minutes
     assert "zcompute-proxy totp CODE" in warnings[0]["how"]
+
+
+async def test_code_used_elsewhere_is_retried_once_with_the_next_code(
+        start_simulator: SimulatorFactory, start_proxy: ProxyFactory) -> None:
+    """Another process (say `zcompute-proxy check`) used this step's code: after the receipt
+    proved the password right, the proxy waits for the next code and logs in."""
+    step = 30 * 60_000_000
+    clock = FakeClock(wall_now=step + 29.7)
+    sim = await start_simulator(clock=clock.wall)
+    env = {**BOB_ENV, "ZCOMPUTE_TOTP_SECRET": simulator.DEFAULT_TOTP_SECRET}
+    proxy = await start_proxy(proxy_config(base_url(sim), env=env), clock=clock)
+    totp = pyotp.TOTP(simulator.DEFAULT_TOTP_SECRET)
+    user = {"name": simulator.BOB, "domain": {"name": simulator.DEFAULT_ACCOUNT}}
+    used_elsewhere = {"auth": {"identity": {
+        "methods": ["password", "totp"],
+        "password": {"user": {**user, "password": simulator.BOB_PASSWORD}},
+        "totp": {"user": {**user, "passcode": totp.at(step)}}}}}
+    assert (await _call(sim, "POST", "/api/v2/identity/auth", json=used_elsewhere))[0] == 201
+
+    async def next_step_arrives() -> None:
+        await asyncio.sleep(0.15)
+        clock.advance(1.0)
+
+    ticking = asyncio.create_task(next_step_arrives())
+    status, _ = await _call(proxy, "GET", "/api/v2/identity/users")
+    await ticking
+    assert status == 200
+    identity = _identity(sim)
+    assert (identity["receipts"], identity["totp_receipt"]) == (1, 2)
+    assert identity["failures"] == 1  # the reused code, once
