@@ -247,6 +247,9 @@ def parse_listen(text: str, source: str) -> ListenAddress:
         if not path.startswith(("/", "~", ".")):
             raise ConfigError(f"{source} must be unix:/path/to/socket, got {text!r}")
         return ListenAddress(host="", port=0, unix=expand_user(Path(path), source))
+    if "://" in text:
+        raise ConfigError(f"{source} takes HOST:PORT like 127.0.0.1:8080, not a URL; "
+                          f"got {text!r}")
     host, sep, port_text = text.rpartition(":")
     host = host.strip("[]") or "127.0.0.1"
     if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:

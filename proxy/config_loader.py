@@ -12,6 +12,7 @@ import ipaddress
 import math
 import os
 import re
+import ssl
 import stat
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
@@ -244,6 +245,10 @@ class _Builder:
                               f", got {value!r}")
         if url.query_string or url.fragment:
             raise ConfigError(f"{self.settings[key].source} must not have a query or fragment")
+        if url.user is not None or url.password is not None:
+            raise ConfigError(f"{self.settings[key].source} must not carry user:password (it "
+                              "would show in logs and status); use ZCOMPUTE_USERNAME and "
+                              "ZCOMPUTE_PASSWORD_FILE")
         return url
 
     def listen(self) -> ListenAddress:
@@ -261,12 +266,28 @@ class _Builder:
             url=base.with_path(base.path.rstrip("/") or "/"),
             identity_url=self.url("upstream.identity_url", identity) if identity
             else base.with_path(base.path.rstrip("/") + DEFAULT_IDENTITY_PATH),
-            ca_bundle=self.existing_file("upstream.ca_bundle"),
+            ca_bundle=self.ca_bundle(insecure),
             insecure=insecure,
             connect_timeout=self.number("upstream.connect_timeout", DEFAULT_CONNECT_TIMEOUT, 0.1),
             read_timeout=self.number("upstream.read_timeout", DEFAULT_READ_TIMEOUT, 0.1),
             max_connections=self.integer("upstream.max_connections", DEFAULT_MAX_CONNECTIONS, 1),
         )
+
+    def ca_bundle(self, insecure: bool) -> Path | None:
+        """A CA bundle that really holds certificates; it contradicts `insecure`."""
+        path = self.existing_file("upstream.ca_bundle")
+        if path is None:
+            return None
+        source = self.settings["upstream.ca_bundle"].source
+        if insecure:
+            raise ConfigError(f"{source} and upstream.insecure are both set: keep the CA "
+                              "bundle (verified TLS) and drop insecure")
+        try:
+            ssl.create_default_context(cafile=str(path))
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(f"{source}: {path} holds no usable PEM certificate "
+                              f"({exc.__class__.__name__}); give the CA's .pem file") from None
+        return path
 
     def existing_file(self, key: str) -> Path | None:
         value = self.text(key)

@@ -45,16 +45,32 @@ async def start_proxy(config: Config,
     app = create_app(config, loader=loader)
     runner = web.AppRunner(app, **runner_options(config))  # type: ignore[arg-type]
     await runner.setup()
-    await listen_site(runner, config.listen).start()
+    try:
+        await listen_site(runner, config.listen).start()
+    except (OSError, ConfigError) as exc:
+        await runner.cleanup()
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"--listen {config.listen}: cannot listen there ({exc.strerror}); "
+                          "pick a free port or stop what uses it") from None
+    listen = bound_address(runner, config.listen)
     for warning in config.warnings:
         log.warning("config_warning", message=warning)
     auth = config.auth
-    log.info("proxy_listening", listen=listen_url(config.listen),
+    log.info("proxy_listening", listen=listen_url(listen),
              upstream=str(config.upstream.url),
              account=auth.account if auth else None, project=config.default_project,
              access_key="required" if config.security.access_key else "not set",
-             loop=loop_name(), try_it=try_it(config))
+             loop=loop_name(), try_it=try_it(config, listen))
     return runner
+
+
+def bound_address(runner: web.AppRunner, listen: ListenAddress) -> ListenAddress:
+    """Where the runner really listens (port 0 becomes the port the system chose)."""
+    if listen.unix is not None or not runner.addresses:
+        return listen
+    host, port = runner.addresses[0][:2]
+    return ListenAddress(host=str(host), port=int(port))
 
 
 def loop_name() -> str:
@@ -67,12 +83,12 @@ def listen_url(listen: ListenAddress) -> str:
     return str(listen) if listen.unix is not None else f"http://{listen}"
 
 
-def try_it(config: Config) -> str:
+def try_it(config: Config, listen: ListenAddress) -> str:
     """A curl line for the banner (the access key is named, never shown)."""
     key = " -H \"Proxy-Authorization: Bearer $KEY\"" if config.security.access_key else ""
-    if config.listen.unix is not None:
-        return f"curl{key} --unix-socket {config.listen.unix} http://localhost/api/v2/compute/vms"
-    return f"curl{key} http://{config.listen}/api/v2/compute/vms"
+    if listen.unix is not None:
+        return f"curl{key} --unix-socket {listen.unix} http://localhost/api/v2/compute/vms"
+    return f"curl{key} http://{listen}/api/v2/compute/vms"
 
 
 def listen_site(runner: web.AppRunner, listen: ListenAddress) -> web.BaseSite:
@@ -174,7 +190,12 @@ async def start_simulator(args: argparse.Namespace, listen: ListenAddress) -> we
     """Start the simulator with the options parsed from `args`."""
     from proxy import simulator  # noqa: PLC0415
 
-    runner = await simulator.serve(simulator.options_from_args(args), listen.host, listen.port)
+    try:
+        runner = await simulator.serve(simulator.options_from_args(args), listen.host,
+                                       listen.port)
+    except OSError as exc:
+        raise ConfigError(f"simulator listen address {listen}: cannot listen there "
+                          f"({exc.strerror}); pick a free port") from None
     log.info("simulator_listening", url=f"http://{listen}")
     return runner
 
@@ -214,7 +235,14 @@ async def run_demo(args: argparse.Namespace, listen: ListenAddress,
 
     sim = await start_simulator(args, simulator_listen)
     config = demo_config(listen, f"http://{simulator_listen}", bool(getattr(args, "mfa", False)))
-    proxy = await start_proxy(config)
+    try:
+        proxy = await start_proxy(config)
+    except ConfigError:
+        await sim.cleanup()
+        raise
+    asyncio.get_running_loop().add_signal_handler(
+        signal.SIGHUP, lambda: log.info("reload_ignored", detail="the demo has no "
+                                        "configuration file to re-read"))
     base = f"http://{listen}"
     lines = [line.format(base=base, project=defaults.DEV_PROJECT, other=defaults.PROD_PROJECT)
              for line in DEMO_CURLS]

@@ -159,3 +159,22 @@ def test_check_colours_on_a_terminal() -> None:
     checks.line("FAIL", "broken")
     assert out.getvalue() == "\033[32mok   \033[0m fine\n\033[31mFAIL \033[0m broken\n"
     assert checks.failed
+
+
+def test_port_in_use_is_one_line_and_exit_2() -> None:
+    """A busy listen port is one `Error:` line naming --listen, exit 2, no traceback."""
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run(["serve", "--listen", f"127.0.0.1:{port}"], env={
+            "ZCOMPUTE_URL": "http://127.0.0.1:9", "ZCOMPUTE_USERNAME": "u",
+            "ZCOMPUTE_ACCOUNT": "a", "ZCOMPUTE_PASSWORD": "p"})
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if not line.startswith("{")]
+    assert errors == [f"Error: --listen 127.0.0.1:{port}: cannot listen there ("
+                      + errors[0].split("(", 1)[1]]
+    assert "Traceback" not in result.stderr
+    assert "Unclosed" not in result.stderr

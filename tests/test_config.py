@@ -87,6 +87,12 @@ def test_config_file_found_in_xdg_config_home(tmp_path: Path) -> None:
     ({"ZCOMPUTE_TOTP_SECRET": "not base32!"}, {}, "ZCOMPUTE_TOTP_SECRET is not a base32"),
     ({"ZCOMPUTE_CA_BUNDLE": "/no/such/ca.pem"}, {}, "ZCOMPUTE_CA_BUNDLE: file /no/such"),
     ({"ZCOMPUTE_PASSWORD_FILE": "/no/such/file"}, {}, "ZCOMPUTE_PASSWORD_FILE: file /no/such"),
+    ({"ZCOMPUTE_URL": "https://me:pw-secret-1@zc.example.com"}, {},
+     "ZCOMPUTE_URL must not carry user:password"),
+    ({}, {"proxy.listen": "http://127.0.0.1:8080"}, "--listen takes HOST:PORT"),
+    ({"ZCOMPUTE_CA_BUNDLE": "/etc/hostname"}, {}, "holds no usable PEM certificate"),
+    ({"ZCOMPUTE_CA_BUNDLE": "/etc/ssl/certs/ca-certificates.crt", "ZCOMPUTE_INSECURE": "1"},
+     {}, "are both set: keep the CA bundle"),
 ])
 def test_bad_values_name_the_key_and_the_fix(env: dict[str, str | None], flags: dict[str, str],
                                              fragment: str) -> None:
