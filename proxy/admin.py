@@ -113,6 +113,15 @@ async def _reload(services: Services) -> web.Response:
     return web.json_response({"reloaded": True, "changes": changes})
 
 
+def not_found(request: web.Request) -> web.Response:
+    """A path under /_proxy/ that is not one of ours (or a method it does not take)."""
+    return web.json_response({"error": {
+        "code": "not_found", "status": 404,
+        "message": f"{request.method} {request.path} is not an endpoint of the proxy; "
+                   f"see {PREFIX}/ for what it offers"}, "source": "zcompute-proxy"},
+        status=404)
+
+
 def readiness(services: Services) -> tuple[int, dict[str, Any]]:
     """503 while draining or while a login is latched as failed; 200 otherwise."""
     if services.draining:

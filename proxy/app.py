@@ -51,6 +51,8 @@ def create_app(config: Config, *, clock: Clock | None = None,
         await services.close()
 
     async def forward(request: web.Request) -> web.StreamResponse:
+        if request.path.startswith(admin.PREFIX):  # reserved: never forwarded with a token
+            return admin.not_found(request)
         return await request.app[FORWARDER].handle(request)
 
     async def defer_expect(_request: web.Request) -> None:

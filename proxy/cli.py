@@ -154,7 +154,8 @@ def _simulator_arguments(parser: argparse.ArgumentParser) -> None:
     simulator.add_arguments(parser)
 
 
-def config_from_args(args: argparse.Namespace, *, need_auth: bool = True) -> Config:
+def config_from_args(args: argparse.Namespace, *, need_auth: bool = True,
+                     need_upstream: bool = True) -> Config:
     """Load the configuration named by the parsed flags."""
     flags = {
         "proxy.listen": args.listen, "upstream.url": args.upstream,
@@ -169,7 +170,7 @@ def config_from_args(args: argparse.Namespace, *, need_auth: bool = True) -> Con
         "security.allow_remote": args.allow_remote,
     }
     return load(config_file=Path(args.config) if args.config else None, flags=flags,
-                routes=args.route, need_auth=need_auth)
+                routes=args.route, need_auth=need_auth, need_upstream=need_upstream)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -278,7 +279,8 @@ def cmd_routes(args: argparse.Namespace) -> int:
     """`routes`: explain the routing of each path."""
     from proxy.oneshot import explain_routes  # noqa: PLC0415
 
-    return explain_routes(config_from_args(args, need_auth=False), args.method, args.paths)
+    config = config_from_args(args, need_auth=False, need_upstream=False)
+    return explain_routes(config, args.method, args.paths)
 
 
 def cmd_control(args: argparse.Namespace) -> int:
@@ -286,7 +288,8 @@ def cmd_control(args: argparse.Namespace) -> int:
     from proxy.control import post_to_proxy  # noqa: PLC0415
 
     body = {"code": args.code} if args.command == "totp" else {}
-    return post_to_proxy(config_from_args(args, need_auth=False), args.command, body,
+    return post_to_proxy(config_from_args(args, need_auth=False, need_upstream=False),
+                         args.command, body,
                          args.proxy_url)
 
 

@@ -80,8 +80,13 @@ def load(
     flags: Mapping[str, Any] | None = None,
     routes: Sequence[str] = (),
     need_auth: bool = True,
+    need_upstream: bool = True,
 ) -> Config:
-    """Read file, environment and flags; raise `ConfigError` naming the key and the fix."""
+    """Read file, environment and flags; raise `ConfigError` naming the key and the fix.
+
+    Commands that never reach the upstream (`routes`, `login`, `reload`, `totp`) pass
+    `need_auth=False, need_upstream=False`; a missing upstream is then UNSET_UPSTREAM.
+    """
     environ = os.environ if environ is None else environ
     path = find_config_file(config_file, environ)
     settings, file_routes = read_file(path) if path else ({}, [])
@@ -94,7 +99,7 @@ def load(
     listen = builder.listen()
     return Config(
         listen=listen,
-        upstream=builder.upstream(),
+        upstream=builder.upstream(need_upstream),
         auth=builder.auth() if need_auth else builder.auth_if_complete(),
         routes=rules,
         default_project=builder.text("auth.project"),
@@ -174,11 +179,14 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, Setting]:
             if environ.get(var, "") != ""}
 
 
+UNSET_UPSTREAM: Final = "http://upstream.invalid"  # RFC 2606: a name that never resolves
+
+
 class _Builder:
     """Turns raw settings into typed values, with one precise error per bad value."""
 
     def __init__(self, settings: Mapping[str, Setting]) -> None:
-        self.settings = settings
+        self.settings = dict(settings)
         self.warnings: list[str] = []
 
     def text(self, key: str) -> str | None:
@@ -255,7 +263,9 @@ class _Builder:
         return parse_listen(self.text("proxy.listen") or DEFAULT_LISTEN,
                             self.settings.get("proxy.listen", Setting("", "--listen")).source)
 
-    def upstream(self) -> UpstreamConfig:
+    def upstream(self, needed: bool) -> UpstreamConfig:
+        if not needed and "upstream.url" not in self.settings:
+            self.settings["upstream.url"] = Setting(UNSET_UPSTREAM, "default")
         base = self.url("upstream.url", self.required("upstream.url", "https://zcompute.example.com"))
         identity = self.text("upstream.identity_url")
         insecure = self.flag("upstream.insecure")

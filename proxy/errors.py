@@ -3,6 +3,7 @@
     ProxyError                      500  root; never raised bare
     ├── ConfigError                 -    bad configuration; the CLI prints it and exits 2
     ├── BadRequest                  400  a request the proxy refuses to forward
+    │   ├── MethodRefused           405  TRACE/TRACK: would echo the injected token back
     │   └── NoLoginWaiting          409  a TOTP code came while no login waits for one
     ├── IdentityError               502  identity answered something we cannot use
     │   ├── CredentialsRejected     502  wrong password/passcode, locked, expired: latched
@@ -57,6 +58,13 @@ class BadRequest(ProxyError):
 
     status = 400
     code = "bad_request"
+
+
+class MethodRefused(BadRequest):
+    """A method the proxy never forwards."""
+
+    status = 405
+    code = "method_refused"
 
 
 class NoLoginWaiting(BadRequest):

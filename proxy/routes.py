@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from typing import Final
 
 from proxy.config import RouteRule, parse_scope_spec
-from proxy.errors import BadRequest
+from proxy.errors import BadRequest, MethodRefused
 from proxy.scope import ACCOUNT, NO_TOKEN, Scope, ScopeKind
 
 EXPLORER_PREFIX: Final = "/api-explorer"
 PROJECT_HEADER: Final = "X-Zcompute-Project"
+REFUSED_METHODS: Final = frozenset({"TRACE", "TRACK"})
 _UNRESERVED: Final = re.compile(r"%(2[dDeE]|5[fF]|7[eE]|[46][1-9a-fA-F]|[57][0-9aA]|3[0-9])")
 _DOT_SEGMENT: Final = re.compile(r"(?:^|/)(?:\.|%2[eE]){1,2}(?:/|$)")
 _PROJECT_NAME: Final = re.compile(r"^[\w.:@+-]{1,255}$")
@@ -107,6 +108,9 @@ class RouteTable:
         return route
 
     def _decide(self, method: str, raw_target: str, project_header: str | None) -> Route:
+        if method in REFUSED_METHODS:
+            raise MethodRefused(f"{method} is not forwarded: the upstream would echo the "
+                                "injected token back to the client")
         path, sep, query = raw_target.partition("?")
         if not path.startswith("/"):
             raise BadRequest("only origin-form request targets (/path) are accepted; "
@@ -135,10 +139,10 @@ class RouteTable:
             return ACCOUNT
         if spec is ScopeKind.NONE:
             return NO_TOKEN
-        name = project_header if project_header is not None else self.default_project
+        name = project_header.strip() if project_header else self.default_project
         if not name:
             raise BadRequest("this route needs a project token but no project is set",
                              hint=f"set ZCOMPUTE_PROJECT, or send the header {PROJECT_HEADER}")
-        if not _PROJECT_NAME.match(name):
+        if not _PROJECT_NAME.match(name) or name == "id:":
             raise BadRequest(f"{PROJECT_HEADER} must be a project name or id:<ID>")
         return Scope(ScopeKind.PROJECT, name)

@@ -171,3 +171,19 @@ async def test_status_shows_fingerprints_never_tokens(
     for scope in (ACCOUNT, project(simulator.DEV_PROJECT)):
         assert (await manager.get(scope)).value not in text
     assert simulator.ALICE_PASSWORD not in text
+
+
+@pytest.mark.parametrize(("method", "path"), [
+    ("GET", "/_proxy/nothing"), ("GET", "/_proxy/status/"), ("PUT", "/_proxy/status"),
+    ("GET", "/_proxy/login"), ("DELETE", "/_proxy/health")])
+async def test_unknown_admin_paths_stay_local(
+        start_simulator: SimulatorFactory, start_proxy: ProxyFactory, method: str,
+        path: str) -> None:
+    """Paths under /_proxy/ that are not our endpoints get a local 404, never forwarded."""
+    sim = await start_simulator()
+    proxy = await start_proxy(proxy_config(base_url(sim)))
+    async with aiohttp.ClientSession() as client, \
+            client.request(method, f"{base_url(proxy)}{path}") as resp:
+        assert resp.status in (404, 405)
+        assert resp.headers.get(SCOPE) is None
+    assert sim_state(sim).stats.snapshot()["identity"]["requests"] == 0

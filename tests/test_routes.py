@@ -80,3 +80,18 @@ def test_dots_inside_names_are_fine() -> None:
     """Only whole '.'/'..' segments are refused, not names that contain dots."""
     assert TABLE.resolve("GET", "/api/v2/images/a..b/.hidden").target == \
         "/api/v2/images/a..b/.hidden"
+
+
+@pytest.mark.parametrize("method", ["TRACE", "TRACK"])
+def test_trace_is_refused(method: str) -> None:
+    """TRACE would echo the injected token back to the client: 405, never forwarded."""
+    with pytest.raises(BadRequest) as caught:
+        TABLE.resolve(method, "/api/v2/compute/vms")
+    assert caught.value.status == 405
+
+
+def test_empty_project_header_means_the_default_and_empty_id_is_refused() -> None:
+    """An empty X-Zcompute-Project falls back to the default; `id:` alone is refused."""
+    assert str(TABLE.resolve("GET", "/api/v2/compute/vms", "").scope) == "project:dev"
+    with pytest.raises(BadRequest):
+        TABLE.resolve("GET", "/api/v2/compute/vms", "id:")
