@@ -26,7 +26,7 @@ from proxy.credentials import HumanPasscodes
 from proxy.errors import BadRequest, ConfigError, ProxyError
 from proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from proxy.reload import apply_config
-from proxy.scope import ACCOUNT
+from proxy.scope import ACCOUNT, ScopeKind
 from proxy.services import Services, mfa_state
 
 PREFIX: Final = "/_proxy"
@@ -126,7 +126,9 @@ def readiness(services: Services) -> tuple[int, dict[str, Any]]:
     """503 while draining or while a login is latched as failed; 200 otherwise."""
     if services.draining:
         return 503, {"ready": False, "reason": "shutting down"}
-    latched = services.tokens.latched()
+    default = services.config.default_project
+    latched = [scope for scope in services.tokens.latched()
+               if scope.kind is ScopeKind.ACCOUNT or scope.project == default]
     if latched:
         return 503, {"ready": False, "reason": "login failed; see /_proxy/status",
                      "scopes": sorted(str(scope) for scope in latched)}

@@ -7,6 +7,7 @@
     │   └── NoLoginWaiting          409  a TOTP code came while no login waits for one
     ├── IdentityError               502  identity answered something we cannot use
     │   ├── CredentialsRejected     502  wrong password/passcode, locked, expired: latched
+    │   │   └── ProjectRefused      403  no such project, or no role in it (kept 60 s)
     │   ├── MfaRequired             503  a TOTP code is needed and none is available
     │   ├── RescopeRefused          502  identity would not re-scope a token (we fall back)
     │   └── IdentityUnavailable     503  identity unreachable, 5xx or 429: retry later
@@ -85,6 +86,14 @@ class CredentialsRejected(IdentityError):
     """Identity refused the credentials; no login is attempted again until they change."""
 
     code = "credentials_rejected"
+
+
+class ProjectRefused(CredentialsRejected):
+    """Identity will not give a token for this project: it does not exist or the user has no
+    role in it. Remembered for a minute, per project; the account is not affected."""
+
+    status = 403
+    code = "project_refused"
 
 
 class MfaRequired(IdentityError):

@@ -20,7 +20,8 @@ LATENCY_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 
                           2.5, 5.0, 10.0, 30.0)
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 TOKEN_EVENTS: Final = {
-    "issued": "ok", "latched": "rejected", "identity_unavailable": "unavailable",
+    "issued": "ok", "latched": "rejected", "project_refused": "project_refused",
+    "identity_unavailable": "unavailable",
     "rescope_refused": "rescope_refused", "invalidated": "invalidated",
 }
 KNOWN_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})

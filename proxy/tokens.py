@@ -29,6 +29,7 @@ from proxy.errors import (
     CredentialsRejected,
     IdentityError,
     IdentityUnavailable,
+    ProjectRefused,
     ProxyError,
     RescopeRefused,
 )
@@ -42,6 +43,7 @@ MARGIN_FRACTION: Final = 0.10
 MARGIN_CAP_FRACTION: Final = 0.20
 RENEW_JITTER: Final = 0.10
 REJECTION_INTERVAL: Final = 10.0
+PROJECT_REFUSAL_SECONDS: Final = 60.0
 MAX_SCOPES: Final = 256
 
 
@@ -139,7 +141,9 @@ class TokenManager:
             maxsize=MAX_SCOPES, ttu=self._time_to_use, timer=self._clock.monotonic)
         self._inflight: dict[Scope, asyncio.Task[_Entry]] = {}
         self._backoff: dict[Scope, _Backoff] = {}
-        self._latched: dict[Scope, ProxyError] = {}
+        self._latched: dict[Scope, ProxyError] = {}  # the account's login: until reset()
+        self._refused: cachetools.TTLCache[Scope, ProxyError] = cachetools.TTLCache(
+            maxsize=MAX_SCOPES, ttl=PROJECT_REFUSAL_SECONDS, timer=self._clock.monotonic)
         self._rejected: dict[Scope, float] = {}
         self._rescope_unsupported = False
         self._backoff_base, self._backoff_max = backoff_base, backoff_max
@@ -195,6 +199,7 @@ class TokenManager:
     def reset(self) -> None:
         """Forget latched failures and backoffs (credentials changed or an operator asked)."""
         self._latched.clear()
+        self._refused.clear()
         self._backoff.clear()
 
     def cached(self) -> list[Token]:
@@ -211,7 +216,7 @@ class TokenManager:
 
     def latched(self) -> dict[Scope, ProxyError]:
         """Scopes whose login failed definitively, with the error."""
-        return dict(self._latched)
+        return {**self._latched, **dict(self._refused.items())}
 
     def status(self) -> list[TokenStatus]:
         """The cached tokens, for the status endpoint."""
@@ -260,7 +265,7 @@ class TokenManager:
         return task
 
     def _blocked(self, scope: Scope) -> ProxyError | None:
-        latched = self._latched.get(scope) or self._latched.get(ACCOUNT)
+        latched = self._latched.get(ACCOUNT) or self._refused.get(scope)
         if latched is not None:
             return latched
         backoff = self._backoff.get(scope)
@@ -278,14 +283,22 @@ class TokenManager:
             self._note_unavailable(scope, exc)
             raise
         except CredentialsRejected as exc:
-            self._latched[scope] = exc
-            self._emit("latched", scope, error=exc.message)
+            self._remember_refusal(scope, exc)
             raise
         self._backoff.pop(scope, None)
         entry = self._store(token)
         self._emit("issued", scope, fingerprint=token.fingerprint, ttl=round(token.ttl),
                    took_ms=round((self._clock.monotonic() - started) * 1000, 1))
         return entry
+
+    def _remember_refusal(self, scope: Scope, exc: CredentialsRejected) -> None:
+        """The account's rejection latches; a project's is kept for a minute (bounded)."""
+        if scope.kind is ScopeKind.ACCOUNT:
+            self._latched[scope] = exc
+            self._emit("latched", scope, error=exc.message)
+        else:
+            self._refused[scope] = exc
+            self._emit("project_refused", scope, error=exc.message)
 
     async def _obtain(self, scope: Scope) -> Token:
         if scope.kind is ScopeKind.ACCOUNT or self._rescope_unsupported:
@@ -299,9 +312,15 @@ class TokenManager:
                 if exc.status_seen == 404 and not attempt:
                     self._drop(parent.token)  # Keystone: 404 = the parent token is invalid
                     continue
+                if exc.status_seen == 401:  # Keystone: no such project, or no role in it
+                    raise ProjectRefused(
+                        f"identity gives no token for {scope}: the project does not exist or "
+                        f"the user has no role in it ({exc.message})", scope=str(scope),
+                        hint="check the project name (ZCOMPUTE_PROJECT or X-Zcompute-Project)"
+                    ) from None
                 self._rescope_unsupported = exc.status_seen in (400, 403, 405, 501)
                 break
-        return await self._fresh_login(scope)
+        return await self._fresh_login(scope)  # this identity does not re-scope tokens
 
     def _drop(self, token: Token) -> None:
         entry = self._cache.get(token.scope)

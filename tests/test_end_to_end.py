@@ -187,3 +187,27 @@ async def test_unknown_admin_paths_stay_local(
         assert resp.status in (404, 405)
         assert resp.headers.get(SCOPE) is None
     assert sim_state(sim).stats.snapshot()["identity"]["requests"] == 0
+
+
+async def test_unknown_projects_cost_no_password_login_and_keep_the_proxy_ready(
+        start_simulator: SimulatorFactory, start_proxy: ProxyFactory) -> None:
+    """Many client-chosen unknown projects: a fast 403 each, one re-scope per name at most,
+    no password login, and /_proxy/ready stays 200."""
+    sim = await start_simulator()
+    proxy = await start_proxy(proxy_config(base_url(sim)))
+    async with aiohttp.ClientSession(base_url(proxy)) as client:
+        async with client.get("/api/v2/compute/vms") as resp:
+            assert resp.status == 200
+
+        async def unknown(name: str) -> tuple[int, str]:
+            async with client.get("/api/v2/compute/vms",
+                                  headers={"X-Zcompute-Project": name}) as resp:
+                return resp.status, (await resp.json())["error"]["code"]
+
+        results = await asyncio.gather(*(unknown(f"nope-{i % 50}") for i in range(200)))
+        async with client.get("/_proxy/ready") as resp:
+            assert resp.status == 200
+    assert set(results) == {(403, "project_refused")}
+    identity = sim_state(sim).stats.snapshot()["identity"]
+    assert identity["password"] == 1
+    assert identity["token"] <= 1 + 50
