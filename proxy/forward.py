@@ -58,11 +58,12 @@ class TokenRejected(ProxyError):
     status = 401
     code = "token_rejected"
 
-    def __init__(self, scope: Scope) -> None:
+    def __init__(self, scope: Scope, *, renewed: bool) -> None:
         super().__init__(
             f"zCompute refused the {scope} token (401) after the request body had been "
             "streamed to it; a streamed body is never sent twice", scope=str(scope),
-            hint="the token was renewed: send the request again")
+            hint="the token is being renewed: send the request again" if renewed else
+            "zCompute refuses even fresh tokens: check your role in this project")
 
 
 class HeaderTooLarge(BadRequest):
@@ -130,11 +131,13 @@ class Forwarder:
             retry = self.tokens.invalidate(token)
             if not replayable:
                 upstream.release()
-                return error_response(TokenRejected(route.scope))
+                return error_response(TokenRejected(route.scope, renewed=retry))
             if retry:
                 upstream.release()
                 token = await self.tokens.get(route.scope)
                 upstream = await self._send(request, url, body, token)
+        if token is not None and upstream.status != 401:
+            self.tokens.confirm(token)
         try:
             return await _relay(request, upstream)
         finally:

@@ -145,6 +145,7 @@ class TokenManager:
         self._refused: cachetools.TTLCache[Scope, ProxyError] = cachetools.TTLCache(
             maxsize=MAX_SCOPES, ttl=PROJECT_REFUSAL_SECONDS, timer=self._clock.monotonic)
         self._rejected: dict[Scope, float] = {}
+        self._confirmed: dict[Scope, Token] = {}
         self._rescope_unsupported = False
         self._backoff_base, self._backoff_max = backoff_base, backoff_max
         self.listeners: list[Callable[[str, Scope, dict[str, Any]], None]] = []
@@ -168,19 +169,26 @@ class TokenManager:
         """Drop `token` after the upstream refused it; True if the caller may retry.
 
         Only the cached token is dropped (a late 401 for an older token keeps the newer one).
-        At most one such drop per scope every REJECTION_INTERVAL seconds, so an upstream that
-        refuses every token cannot drive a login per request.
+        A token the upstream never accepted is dropped at most once per scope every
+        REJECTION_INTERVAL seconds, so an upstream that refuses every token cannot drive a
+        login per request; one it did accept (then revoked) is always dropped.
         """
         entry = self._cache.get(token.scope)
         if entry is None or entry.token is not token:
             return True  # already dropped or replaced: the caller's retry gets the newer one
         now = self._clock.monotonic()
-        if now - self._rejected.get(token.scope, -REJECTION_INTERVAL) < REJECTION_INTERVAL:
+        worked_before = self._confirmed.get(token.scope) is token  # so it was revoked since
+        last = self._rejected.get(token.scope, -REJECTION_INTERVAL)
+        if not worked_before and now - last < REJECTION_INTERVAL:
             return False
         self._rejected[token.scope] = now
         del self._cache[token.scope]
         self._emit("invalidated", token.scope, fingerprint=token.fingerprint)
         return True
+
+    def confirm(self, token: Token) -> None:
+        """The upstream accepted `token`: a later 401 for it means it was revoked."""
+        self._confirmed[token.scope] = token
 
     def renew_now(self, scope: Scope = ACCOUNT) -> asyncio.Task[_Entry]:
         """Clear latches and start a renewal of `scope` at once (an operator's 'login')."""

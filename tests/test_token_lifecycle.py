@@ -315,3 +315,17 @@ async def test_small_body_is_replayed_after_a_401(rig: RigFactory) -> None:
             f"{base_url(p)}/api/v2/compute/vms", json={"name": "web-1"}) as resp:
         assert resp.status == 200
     assert u.tokens == ["TOK-A", "TOK-A", "TOK-B"]
+
+
+async def test_row39_second_revocation_within_10s_is_still_recovered(rig: RigFactory) -> None:
+    """A token that worked and is then revoked is always renewed, even right after a renewal."""
+    clock = FakeClock(START)
+    k, u, p = await rig(clock)
+    assert (await _get(p))[0] == 200
+    u.refuse.add("TOK-A")
+    assert (await _get(p))[0] == 200  # TOK-B
+    clock.advance(3)
+    u.refuse.add("TOK-B")
+    assert (await _get(p))[0] == 200  # TOK-C, although the last renewal was 3 s ago
+    assert u.tokens[-1] == "TOK-C"
+    assert k.logins == 3
