@@ -19,8 +19,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import parse_qs, urlsplit
 
-import pyotp
 from yarl import URL
 
 from proxy.config import (
@@ -58,6 +58,7 @@ from proxy.config import (
 )
 from proxy.errors import ConfigError
 from proxy.secret import Secret
+from proxy.totp import totp
 
 MIN_ACCESS_KEY_LENGTH: Final = 16
 _ACCESS_KEY: Final = re.compile(r"[A-Za-z0-9._~+/-]+=*")  # RFC 9110 token68: fits a header
@@ -432,20 +433,33 @@ def parse_totp_secret(secret: Secret, source: str) -> str:
     """A base32 secret, from base32 text or an `otpauth://totp/...` URI; errors show no secret."""
     text = secret.reveal().strip()
     if text.startswith("otpauth://"):
-        try:
-            otp = pyotp.parse_uri(text)
-        except ValueError:
-            raise ConfigError(f"{source} is not a valid otpauth:// URI") from None
-        if not isinstance(otp, pyotp.TOTP):
-            raise ConfigError(f"{source} is an otpauth URI but not for TOTP")
-        text = otp.secret
+        text = _secret_from_uri(text, source)
     normalized = text.replace(" ", "").upper()
     try:
-        pyotp.TOTP(normalized).now()
-    except (ValueError, TypeError):  # binascii.Error is a ValueError
-        raise ConfigError(f"{source} is not a base32 TOTP secret or otpauth:// URI "
-                          f"(fingerprint {secret.fingerprint})") from None
+        totp(normalized)
+    except ValueError as exc:
+        raise ConfigError(f"{source} is not a usable TOTP secret ({exc}; give the base32 "
+                          "secret or the otpauth:// URI your authenticator was set up with; "
+                          f"fingerprint {secret.fingerprint})") from None
     return normalized
+
+
+def _secret_from_uri(uri: str, source: str) -> str:
+    """The secret of an `otpauth://totp/...` URI for SHA1, 6 digits, 30 s (what zCompute uses)."""
+    parts = urlsplit(uri)
+    query = parse_qs(parts.query)
+    if parts.netloc != "totp" or "secret" not in query:
+        raise ConfigError(f"{source} is not an otpauth://totp/ URI with a secret")
+    unsupported = {key: value[0] for key, value in query.items()
+                   if (key, value[0].upper()) not in URI_DEFAULTS and key in URI_PARAMETERS}
+    if unsupported:
+        raise ConfigError(f"{source}: only SHA1, 6-digit, 30-second TOTP is supported, the URI "
+                          f"asks for {', '.join(f'{k}={v}' for k, v in unsupported.items())}")
+    return query["secret"][0]
+
+
+URI_PARAMETERS: Final = frozenset({"algorithm", "digits", "period"})
+URI_DEFAULTS: Final = frozenset({("algorithm", "SHA1"), ("digits", "6"), ("period", "30")})
 
 
 def _remote_without_key_message(listen: ListenAddress, source: str) -> str:

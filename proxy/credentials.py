@@ -7,11 +7,10 @@ from collections import deque
 from collections.abc import Callable
 from typing import Final, Protocol
 
-import pyotp
-
 from proxy.clock import Clock
 from proxy.errors import BadRequest, MfaRequired, NoLoginWaiting
 from proxy.secret import Secret
+from proxy.totp import totp
 
 TOTP_STEP: Final = 30
 MAX_STEP_WAIT: Final = TOTP_STEP + 2.0
@@ -32,7 +31,7 @@ class SecretPasscodes:
     """
 
     def __init__(self, secret: Secret, clock: Clock) -> None:
-        self._totp = pyotp.TOTP(secret.reveal())
+        self._totp = totp(secret.reveal())
         self._clock = clock
         self._last_step = -1
         self._lock = asyncio.Lock()

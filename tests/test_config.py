@@ -84,7 +84,7 @@ def test_config_file_found_in_xdg_config_home(tmp_path: Path) -> None:
     ({"ZCOMPUTE_INSECURE": "maybe"}, {}, "ZCOMPUTE_INSECURE must be true or false"),
     ({"ZCOMPUTE_MFA": "sometimes"}, {}, "ZCOMPUTE_MFA must be one of auto, combined, receipt"),
     ({"ZCOMPUTE_RENEW_MARGIN": "soon"}, {}, "ZCOMPUTE_RENEW_MARGIN must be a number"),
-    ({"ZCOMPUTE_TOTP_SECRET": "not base32!"}, {}, "ZCOMPUTE_TOTP_SECRET is not a base32"),
+    ({"ZCOMPUTE_TOTP_SECRET": "not base32!"}, {}, "ZCOMPUTE_TOTP_SECRET is not a usable TOTP"),
     ({"ZCOMPUTE_CA_BUNDLE": "/no/such/ca.pem"}, {}, "ZCOMPUTE_CA_BUNDLE: file /no/such"),
     ({"ZCOMPUTE_PASSWORD_FILE": "/no/such/file"}, {}, "ZCOMPUTE_PASSWORD_FILE: file /no/such"),
     ({"ZCOMPUTE_URL": "https://me:pw-secret-1@zc.example.com"}, {},
@@ -172,3 +172,38 @@ def test_bad_route_flags(flag: str, fragment: str) -> None:
     """A malformed --route says what form it takes."""
     with pytest.raises(ConfigError, match=fragment.replace("[", r"\[").replace("(", r"\(")):
         parse_route_flag(flag)
+
+
+def test_80_bit_totp_secrets_work_and_codes_follow_rfc_6238() -> None:
+    """A 16-character (80-bit) secret is accepted, and its codes match RFC 6238 by hand."""
+    import base64  # noqa: PLC0415
+    import hashlib  # noqa: PLC0415
+    import hmac  # noqa: PLC0415
+    import struct  # noqa: PLC0415
+
+    from proxy.totp import totp  # noqa: PLC0415
+
+    config = load(environ={**BASE_ENV, "ZCOMPUTE_TOTP_SECRET": "jbsw y3dp ehpk 3pxp"})
+    assert config.auth is not None
+    assert config.auth.totp_secret is not None
+    secret = config.auth.totp_secret.reveal()
+    assert secret == "JBSWY3DPEHPK3PXP"
+    digest = hmac.new(base64.b32decode(secret), struct.pack(">Q", 1_000_000_000 // 30),
+                      hashlib.sha1).digest()
+    offset = digest[-1] & 0x0F
+    number = struct.unpack(">I", digest[offset:offset + 4])[0] & 0x7FFFFFFF
+    assert totp(secret).at(1_000_000_000) == f"{number % 1_000_000:06d}"
+
+
+@pytest.mark.parametrize(("value", "fragment"), [
+    ("JBSWY3DP", "shorter than 80 bits"),
+    ("otpauth://totp/zc:me?secret=JBSWY3DPEHPK3PXP&algorithm=SHA256",
+     "only SHA1, 6-digit, 30-second TOTP"),
+    ("otpauth://hotp/zc:me?secret=JBSWY3DPEHPK3PXP&counter=1", "not an otpauth://totp/ URI"),
+])
+def test_unusable_totp_secrets_say_why(value: str, fragment: str) -> None:
+    """Short secrets and URIs for other algorithms are refused with the reason."""
+    with pytest.raises(ConfigError) as caught:
+        load(environ={**BASE_ENV, "ZCOMPUTE_TOTP_SECRET": value})
+    assert fragment in caught.value.message
+    assert "JBSWY3DP" not in caught.value.message

@@ -11,7 +11,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "proxy"
 LAYERS: dict[str, int] = {
     # values with no internal dependency
-    "errors": 0, "scope": 0, "secret": 0, "clock": 0,
+    "errors": 0, "scope": 0, "secret": 0, "clock": 0, "totp": 0,
     # configuration and logging
     "config": 1, "log": 1, "config_loader": 2,
     # pure building blocks
