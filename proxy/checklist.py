@@ -14,6 +14,7 @@ from proxy.clock import SystemClock
 from proxy.config import Config, parse_scope_spec
 from proxy.errors import ProxyError
 from proxy.identity import MAX_SKEW
+from proxy.prompt import for_one_shot
 from proxy.scope import ACCOUNT, Scope, ScopeKind
 from proxy.services import Services, build_services
 
@@ -108,10 +109,13 @@ async def check(config: Config, out: TextIO = sys.stdout) -> int:
     for warning in config.warnings:
         checks.line("warn", warning)
     services = build_services(config)
+    prompt = for_one_shot(services.passcodes, sys.stdin, sys.stderr)
     try:
         await check_upstream(services, checks)
         await check_logins(services, checks)
         check_clock(services, checks)
     finally:
+        if prompt is not None:
+            prompt.close()
         await services.close()
     return 1 if checks.failed else 0

@@ -8,6 +8,7 @@ from typing import TextIO
 
 from proxy.config import Config, parse_scope_spec
 from proxy.errors import ConfigError, ProxyError
+from proxy.prompt import for_one_shot
 from proxy.scope import ACCOUNT, Scope, ScopeKind
 from proxy.services import build_services, route_table
 
@@ -19,21 +20,25 @@ def requested_scope(spec: str, config: Config) -> Scope:
         return parsed
     if parsed is ScopeKind.ACCOUNT:
         return ACCOUNT
-    project = config.default_project
-    if parsed is ScopeKind.NONE or not project:
-        raise ConfigError("--scope must be account or project:NAME when no default project is "
-                          "set (ZCOMPUTE_PROJECT)")
-    return Scope(ScopeKind.PROJECT, project)
+    if parsed is ScopeKind.NONE:
+        raise ConfigError("--scope none has no token; give account, project or project:NAME")
+    if not config.default_project:
+        raise ConfigError("--scope project needs a default project (ZCOMPUTE_PROJECT); or "
+                          "give --scope project:NAME")
+    return Scope(ScopeKind.PROJECT, config.default_project)
 
 
 async def print_token(config: Config, spec: str, out: TextIO = sys.stdout) -> int:
     """Log in and write the token for `spec` to `out`: for scripts, never for logs."""
     scope = requested_scope(spec, config)
     services = build_services(config)
+    prompt = for_one_shot(services.passcodes, sys.stdin, sys.stderr)
     try:
         token = await services.tokens.get(scope)
         out.write(token.value + "\n")
     finally:
+        if prompt is not None:
+            prompt.close()
         await services.close()
     return 0
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TextIO
+from typing import Final, TextIO
 
-from proxy.credentials import HumanPasscodes
+from proxy.credentials import HumanPasscodes, PasscodeSource
 from proxy.errors import BadRequest
+
+ONE_SHOT_WAIT: Final = 120.0
 
 
 class TerminalPrompt:
@@ -44,3 +46,19 @@ class TerminalPrompt:
         except BadRequest as exc:
             self._out.write(f"zcompute-proxy: {exc.message}\n")
             self._ask()
+
+
+NO_TERMINAL_HOW_TO = ("this command cannot ask for a TOTP code without a terminal: run it in a "
+                      "terminal, or set ZCOMPUTE_TOTP_SECRET")
+
+
+def for_one_shot(passcodes: PasscodeSource, stdin: TextIO, out: TextIO) -> TerminalPrompt | None:
+    """Codes for a one-shot command (`check`, `token`): typed at a prompt when stdin is a
+    terminal; otherwise a login that needs a code fails at once, saying why."""
+    if not isinstance(passcodes, HumanPasscodes):
+        return None
+    if stdin.isatty():
+        passcodes.configure(wait=ONE_SHOT_WAIT, how_to="type the code at the prompt")
+        return TerminalPrompt(passcodes, stdin, out)
+    passcodes.configure(wait=0.0, how_to=NO_TERMINAL_HOW_TO)
+    return None

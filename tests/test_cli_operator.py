@@ -252,3 +252,51 @@ def _wait_for_port(port: int, deadline: float = 15) -> None:
                 return
         time.sleep(0.05)
     raise TimeoutError(f"nothing listens on {port}")
+
+
+def test_one_shot_commands_fail_fast_for_mfa_without_a_terminal(simulator_url: str) -> None:
+    """`token` for an MFA user with no secret and no terminal says why at once, exit 1."""
+    started = time.monotonic()
+    result = run(["token", "--scope", "account"],
+                 env={**BOB, "ZCOMPUTE_URL": simulator_url, "ZCOMPUTE_MFA_WAIT": "60"})
+    assert time.monotonic() - started < 15
+    assert result.returncode == 1
+    assert "cannot ask for a TOTP code without a terminal" in result.stderr
+    assert result.stdout == ""
+
+
+def test_token_prompts_for_the_code_on_a_terminal() -> None:
+    """`token` run in a terminal asks for the code and prints the token."""
+    sim_port = free_port()  # a simulator of its own: the other tests' codes are spent there
+    with running(["simulate", "--listen", f"127.0.0.1:{sim_port}"],
+                 f"http://127.0.0.1:{sim_port}/_sim/stats"):
+        _token_at_a_prompt(f"http://127.0.0.1:{sim_port}")
+
+
+def _token_at_a_prompt(simulator_url: str) -> None:
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    from tests.processes import ROOT, clean_env  # noqa: PLC0415
+
+    master, slave = pty.openpty()
+    env = clean_env({**BOB, "ZCOMPUTE_URL": simulator_url, "ZCOMPUTE_LOG_FORMAT": "json"})
+    proc = subprocess.Popen([sys.executable, "-m", "proxy", "token", "--scope", "account"],
+                            cwd=ROOT, env=env, stdin=slave, stdout=subprocess.PIPE,
+                            stderr=slave)
+    os.close(slave)
+    try:
+        screen = ""
+        end = time.monotonic() + 15
+        while "authenticator" not in screen and time.monotonic() < end:
+            screen += _drain(master)
+        assert "enter the TOTP code from your authenticator" in screen
+        code = pyotp.TOTP(simulator.DEFAULT_TOTP_SECRET).now()
+        os.write(master, code.encode() + b"\n")
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    assert proc.returncode == 0
+    assert out.decode().startswith("gAAAA")

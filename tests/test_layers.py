@@ -21,7 +21,8 @@ LAYERS: dict[str, int] = {
     # the request path and the long-lived objects
     "forward": 4, "services": 4,
     # operations on a running proxy, one-shot commands
-    "reload": 5, "checklist": 5, "oneshot": 5, "prompt": 5, "control": 5,
+    "prompt": 3,
+    "reload": 5, "checklist": 5, "oneshot": 5, "control": 5,
     "admin": 6, "app": 7, "server": 8, "cli": 9, "__main__": 10,
 }
 
