@@ -25,8 +25,34 @@ from proxy.tokens import TokenManager
 TOKENS: Final = web.AppKey("tokens", TokenManager)
 FORWARDER: Final = web.AppKey("forwarder", Forwarder)
 SESSION: Final = web.AppKey("session", aiohttp.ClientSession)
+SHUTDOWN_TIMEOUT: Final = 1.0  # after the drain (server.drain), for connections left idle
 
-__all__ = ["SERVICES", "Services", "create_app", "runner_options"]
+
+class InFlight:
+    """How many forwarded requests are under way (for draining on SIGTERM)."""
+
+    __slots__ = ("count", "idle")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def enter(self) -> None:
+        """A request starts."""
+        self.count += 1
+        self.idle.clear()
+
+    def leave(self) -> None:
+        """A request ends."""
+        self.count -= 1
+        if not self.count:
+            self.idle.set()
+
+
+IN_FLIGHT: Final = web.AppKey("in_flight", InFlight)
+
+__all__ = ["IN_FLIGHT", "SERVICES", "Services", "create_app", "runner_options"]
 
 
 def create_app(config: Config, *, clock: Clock | None = None,
@@ -35,6 +61,7 @@ def create_app(config: Config, *, clock: Clock | None = None,
     # A client that goes away cancels its handler, which stops the upstream exchange.
     app = web.Application(handler_args={"handler_cancellation": True})
     Guard.from_config(config).install(app)  # first: is this client allowed at all?
+    in_flight = app[IN_FLIGHT] = InFlight()
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         services = build_services(config, clock)
@@ -53,7 +80,11 @@ def create_app(config: Config, *, clock: Clock | None = None,
     async def forward(request: web.Request) -> web.StreamResponse:
         if request.path.startswith(admin.PREFIX):  # reserved: never forwarded with a token
             return admin.not_found(request)
-        return await request.app[FORWARDER].handle(request)
+        in_flight.enter()
+        try:
+            return await request.app[FORWARDER].handle(request)
+        finally:
+            in_flight.leave()
 
     async def defer_expect(_request: web.Request) -> None:
         """100-continue is sent by the forwarder once a token is ready."""
@@ -68,6 +99,6 @@ def runner_options(config: Config) -> dict[str, object]:
     """Server settings: request bodies never decompressed; header lines are parsed up to twice
     `max_header_size` so the forwarder can answer a clear 431 above the limit itself."""
     return {"access_log": None, "auto_decompress": False,
-            "shutdown_timeout": config.drain_seconds,
+            "shutdown_timeout": min(SHUTDOWN_TIMEOUT, config.drain_seconds),
             "max_line_size": config.max_header_size,
             "max_field_size": 2 * config.max_header_size}

@@ -18,7 +18,7 @@ from typing import Final
 import structlog
 from aiohttp import web
 
-from proxy.app import create_app, runner_options
+from proxy.app import IN_FLIGHT, create_app, runner_options
 from proxy.config import AuthConfig, Config, ListenAddress, UpstreamConfig
 from proxy.credentials import HumanPasscodes
 from proxy.errors import ConfigError
@@ -162,12 +162,25 @@ async def run_proxy(config: Config, loader: Callable[[], Config] | None = None) 
         loop.remove_signal_handler(signal.SIGHUP)
         if prompt is not None:
             prompt.close()
-        services.draining = True  # /_proxy/ready answers 503 from now on
-        log.info("draining", seconds=config.drain_seconds)
-        await runner.cleanup()  # waits for requests in flight up to drain_seconds
+        await drain(runner, services, config.drain_seconds)
+        await runner.cleanup()
         remove_unix_socket(config.listen)
         log.info("stopped")
     return 0
+
+
+async def drain(runner: web.AppRunner, services: Services, seconds: float) -> None:
+    """Stop accepting connections, answer not-ready, and give requests in flight up to
+    `seconds` to finish."""
+    services.draining = True  # /_proxy/ready answers 503 to clients still connected
+    in_flight = runner.app[IN_FLIGHT]
+    log.info("draining", seconds=seconds, in_flight=in_flight.count)
+    for site in list(runner.sites):
+        await site.stop()
+    try:
+        await asyncio.wait_for(in_flight.idle.wait(), seconds)
+    except TimeoutError:
+        log.warning("drain_timeout", still_in_flight=in_flight.count)
 
 
 def _reload_on_signal(services: Services) -> None:

@@ -230,9 +230,11 @@ def test_sigterm_drains_requests_in_flight(tmp_path: Path) -> None:
             waiter = threading.Thread(target=lambda: result.append(_status(f"{base}/slow")))
             waiter.start()
             time.sleep(0.5)
+            signalled = time.monotonic()
             proxy.proc.send_signal(signal.SIGTERM)
             waiter.join(10)
             assert proxy.proc.wait(10) == 0
+            assert time.monotonic() - signalled < 3  # the drain ends when the request does
         assert result == [200]
         events = proxy.stderr()
         assert '"event": "draining"' in events
