@@ -19,6 +19,7 @@ from dataclasses import asdict
 from importlib import resources
 from typing import Any, Final
 
+import structlog
 from aiohttp import web
 
 from proxy import __version__
@@ -28,6 +29,8 @@ from proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from proxy.reload import apply_config
 from proxy.scope import ACCOUNT, ScopeKind
 from proxy.services import Services, mfa_state
+
+log = structlog.get_logger("proxy.admin")
 
 PREFIX: Final = "/_proxy"
 MAX_FORM_SIZE: Final = 1024
@@ -109,6 +112,7 @@ async def _reload(services: Services) -> web.Response:
     try:
         changes = apply_config(services, services.loader())
     except ConfigError as exc:
+        log.error("reload_failed", error=exc.message, detail="kept the running configuration")
         return _error(exc)
     return web.json_response({"reloaded": True, "changes": changes})
 

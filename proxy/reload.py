@@ -15,7 +15,8 @@ from proxy.services import Services, make_identity, route_table
 
 log = structlog.get_logger("proxy.reload")
 
-RESTART_FIELDS = ("listen", "upstream", "max_header_size", "tokens")
+RESTART_FIELDS = ("listen", "upstream", "max_header_size", "drain_seconds", "tokens", "log",
+                  "security")
 
 
 def apply_config(services: Services, new: Config) -> list[str]:

@@ -252,3 +252,37 @@ async def test_code_used_elsewhere_is_retried_once_with_the_next_code(
     identity = _identity(sim)
     assert (identity["receipts"], identity["totp_receipt"]) == (1, 2)
     assert identity["failures"] == 1  # the reused code, once
+
+
+async def test_reload_names_settings_that_need_a_restart(
+        start_simulator: SimulatorFactory, start_proxy: ProxyFactory) -> None:
+    """A reload that changes the listen address or log level says a restart is needed;
+    a broken configuration is refused and logged, and the running one is kept."""
+    from structlog.testing import capture_logs  # noqa: PLC0415
+
+    from proxy.errors import ConfigError  # noqa: PLC0415
+
+    sim = await start_simulator()
+    first = proxy_config(base_url(sim))
+    changed = proxy_config(base_url(sim), env={"ZCOMPUTE_LOG_LEVEL": "debug",
+                                               "ZCOMPUTE_LISTEN": "127.0.0.1:18999"})
+
+    def broken() -> Any:
+        raise ConfigError("ZCOMPUTE_URL must be an http(s) URL")
+
+    loaders = iter([lambda: changed, broken])
+
+    def loader() -> Any:
+        return next(loaders)()
+
+    proxy = await start_proxy(first, loader=loader)
+    status, body = await _call(proxy, "POST", "/_proxy/reload")
+    assert status == 200
+    assert set(body["changes"]) == {"listen changed: restart to apply",
+                                    "log changed: restart to apply"}
+    with capture_logs() as logs:
+        status, body = await _call(proxy, "POST", "/_proxy/reload")
+    assert status == 500
+    assert body["error"]["code"] == "config_error"
+    assert any(e["event"] == "reload_failed" for e in logs)
+    assert (await _call(proxy, "GET", "/api/v2/compute/vms"))[0] == 200
