@@ -50,6 +50,14 @@ log = structlog.get_logger("proxy.guard")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 LOOPBACK_HOSTS: Final = frozenset({"localhost", "127.0.0.1", "[::1]"})
+
+
+def _own_loopback_host(config: Config) -> frozenset[str]:
+    """The listen address itself when it is another loopback address (`--listen 127.0.0.2`)."""
+    listen = config.listen
+    if listen.unix is not None or not listen.loopback:
+        return frozenset()
+    return frozenset({f"[{listen.host}]" if ":" in listen.host else listen.host.lower()})
 HEALTH_PATH: Final = "/_proxy/health"
 CROSS_SITE: Final = frozenset({"cross-site", "same-site"})
 # Headers by which a client could claim another address, host or scheme; never forwarded.
@@ -99,8 +107,9 @@ class Guard:
         key = security.access_key
         if key is not None:
             REDACTOR.add(key.reveal())
+        own = _own_loopback_host(config)
         return cls(
-            hosts_any_port=LOOPBACK_HOSTS | (frozenset(security.allowed_hosts) - exact),
+            hosts_any_port=LOOPBACK_HOSTS | own | (frozenset(security.allowed_hosts) - exact),
             hosts_exact=exact,
             origins=frozenset(security.allowed_origins),
             peers=security.allowed_peers,

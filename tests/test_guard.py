@@ -24,6 +24,7 @@ from tests.conftest import ProxyFactory, SimulatorFactory, base_url, proxy_confi
 from tests.peers import Reply, exchange, listening_sockets, non_loopback_ipv4, request
 from tests.processes import COMMAND, ROOT, clean_env, free_port, run, running
 from tests.rawhttp import RawUpstream, json_reply
+from tests.rawhttp import raw_exchange as _raw_exchange
 
 BODY = b'{"servers": []}'
 KEY = "k3y-for-the-guard-tests-0123456789abcdef"
@@ -531,3 +532,14 @@ async def _wait_unix(path: Path, proc: _Proc) -> Reply:
             await asyncio.sleep(0.05)
     raise TimeoutError(proc.stderr())
 
+
+
+async def test_the_listen_address_itself_is_an_allowed_host(
+        start_simulator: SimulatorFactory, start_proxy: ProxyFactory) -> None:
+    """`--listen 127.0.0.2:PORT`: the banner's own curl line (Host 127.0.0.2) is accepted."""
+    sim = await start_simulator()
+    config = proxy_config(base_url(sim), env={"ZCOMPUTE_LISTEN": "127.0.0.2:8080"})
+    proxy = await start_proxy(config)
+    reply = await _raw_exchange(proxy.port or 0, b"GET /api/v2/compute/vms HTTP/1.1\r\n"
+                               b"Host: 127.0.0.2:8080\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 200")
