@@ -304,9 +304,12 @@ class _Builder:
         value = self.text(key)
         if value is None:
             return None
-        path = expand_user(Path(value), self.settings[key].source)
+        source = self.settings[key].source
+        path = expand_user(Path(value), source)
+        if path.is_dir():
+            raise ConfigError(f"{source}: {path} is a directory; give the file inside it")
         if not path.is_file():
-            raise ConfigError(f"{self.settings[key].source}: file {path} does not exist")
+            raise ConfigError(f"{source}: file {path} does not exist")
         return path
 
     def secret(self, key: str) -> Secret | None:
@@ -316,8 +319,11 @@ class _Builder:
             raise ConfigError(f"both {direct.source} and {self.settings[key + '_file'].source} "
                               "are set; keep one")
         if from_file is not None:
-            self.check_permissions(from_file, self.settings[f"{key}_file"].source)
-            value = _read_secret_file(from_file, self.settings[f"{key}_file"].source)
+            source = self.settings[f"{key}_file"].source
+            self.check_permissions(from_file, source)
+            value = _read_secret_file(from_file, source)
+            if not value:
+                raise ConfigError(f"{source}: {from_file} is empty; write the secret in it")
         elif direct is not None:
             value = str(direct.value)
         else:
@@ -425,8 +431,12 @@ class _Builder:
 def _read_secret_file(path: Path, source: str) -> str:
     try:
         return path.read_text(encoding="utf-8").strip()
+    except PermissionError:
+        raise ConfigError(f"{source}: {path} is not readable by this user; chown it to the "
+                          "user the proxy runs as, then chmod 600") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{source}: cannot read {path}: {exc.__class__.__name__}") from None
+        raise ConfigError(f"{source}: cannot read {path} ({exc.__class__.__name__}); it must "
+                          "be a UTF-8 text file") from None
 
 
 def parse_totp_secret(secret: Secret, source: str) -> str:

@@ -207,3 +207,13 @@ def test_unusable_totp_secrets_say_why(value: str, fragment: str) -> None:
         load(environ={**BASE_ENV, "ZCOMPUTE_TOTP_SECRET": value})
     assert fragment in caught.value.message
     assert "JBSWY3DP" not in caught.value.message
+
+
+def test_empty_or_directory_secret_files_say_so(tmp_path: Path) -> None:
+    """An empty password file, or a directory given as one, is named precisely."""
+    empty = _write(tmp_path, "\n", "empty")
+    with pytest.raises(ConfigError, match=r"ZCOMPUTE_PASSWORD_FILE: .*empty is empty"):
+        load(environ={**BASE_ENV, "ZCOMPUTE_PASSWORD": "", "ZCOMPUTE_PASSWORD_FILE": str(empty)})
+    with pytest.raises(ConfigError, match="is a directory"):
+        load(environ={**BASE_ENV, "ZCOMPUTE_PASSWORD": "",
+                      "ZCOMPUTE_PASSWORD_FILE": str(tmp_path)})
