@@ -16,6 +16,7 @@ import sys
 import threading
 from collections import deque
 from collections.abc import MutableMapping
+from datetime import UTC, datetime
 from typing import Any, Final, TextIO
 
 import structlog
@@ -23,6 +24,7 @@ import structlog
 from proxy.secret import fingerprint
 
 MAX_REMEMBERED_SECRETS: Final = 64
+METHOD_LEVELS: Final = {"warn": "warning", "exception": "error"}  # as add_log_level names them
 LEVELS: Final = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
                  "error": logging.ERROR}
 
@@ -95,6 +97,16 @@ class LineLogger:
             self._stream.flush()
 
 
+def stamp(logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: `level` and a UTC ISO `timestamp`, and `exc_info` formatted; what
+    add_log_level, TimeStamper(fmt="iso", utc=True) and format_exc_info do, in one call."""
+    event["level"] = METHOD_LEVELS.get(method, method)
+    event["timestamp"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    if "exc_info" in event:
+        return structlog.processors.format_exc_info(logger, method, event)
+    return event
+
+
 _JSON: Final = json.JSONEncoder(default=repr)  # json.dumps' output; built once, not per call
 
 
@@ -125,9 +137,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
+            stamp,
             REDACTOR,
             renderer,
         ],
