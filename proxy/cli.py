@@ -89,8 +89,9 @@ def _security_options(parser: argparse.ArgumentParser) -> None:
                        help="allow a non-loopback --listen without an access key (warns)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every command."""
+def build_parser(running: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser with every command. Given the command `running`, the simulator's
+    flags (which import aiohttp) are only added if it takes them: `--help` stays fast."""
     parser = argparse.ArgumentParser(
         prog="zcompute-proxy", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Local authenticating reverse proxy for the Zadara zCompute API: send "
@@ -115,10 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "zcompute-proxy simulate --listen 127.0.0.1:9090 --mfa")
     demo = command("demo", "run the simulator and the proxy together, print curl lines",
                    "zcompute-proxy demo && curl http://127.0.0.1:8080/api/v2/compute/vms")
-    for sub, default in ((simulate, DEFAULT_SIMULATOR_LISTEN), (demo, "127.0.0.1:8080")):
+    for name, sub, default in (("simulate", simulate, DEFAULT_SIMULATOR_LISTEN),
+                               ("demo", demo, "127.0.0.1:8080")):
         sub.add_argument("--listen", default=default, metavar="HOST:PORT",
                          help=f"default {default}")
-        _simulator_arguments(sub)
+        if running in (None, name):
+            _simulator_arguments(sub)
     demo.add_argument("--simulator-listen", default=DEFAULT_SIMULATOR_LISTEN, metavar="HOST:PORT")
     token = command("token", "log in and print a token on stdout",
                     "curl -H \"X-Auth-Token: $(zcompute-proxy token)\" https://zc.example.com/...")
@@ -178,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
         argv.insert(0, "serve")
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv[0]).parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except ConfigError as exc:
