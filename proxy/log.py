@@ -20,10 +20,12 @@ from datetime import UTC, datetime
 from typing import Any, Final, TextIO
 
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 
 from proxy.secret import fingerprint
 
 MAX_REMEMBERED_SECRETS: Final = 64
+MAX_ERROR_TEXT: Final = 300
 METHOD_LEVELS: Final = {"warn": "warning", "exception": "error"}  # as add_log_level names them
 LEVELS: Final = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
                  "error": logging.ERROR}
@@ -115,6 +117,26 @@ def render_json(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> 
     return _JSON.encode(event)
 
 
+class LibraryLogs(logging.Handler):
+    """Records of the libraries we use (aiohttp, asyncio) as our own one-line log events.
+
+    A malformed client request is named without a traceback (any local client can send one);
+    other exceptions keep theirs, inside the event, so every line stays one JSON object.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        fields: dict[str, Any] = {"logger": record.name}
+        error = record.exc_info[1] if record.exc_info else None
+        method = logging.getLevelName(record.levelno).lower()
+        if isinstance(error, HttpProcessingError):  # the client's fault, not ours
+            fields["error"] = f"{type(error).__name__}: {error.message}"[:MAX_ERROR_TEXT]
+            method = "info"
+        elif error is not None:
+            fields["exc_info"] = record.exc_info
+        getattr(structlog.get_logger(record.name), method, structlog.get_logger().error)(
+            record.getMessage(), **fields)
+
+
 REDACTOR: Final = Redactor()
 _outputs: list[LineLogger] = []
 
@@ -145,8 +167,9 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
         logger_factory=lambda *_args: output,
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(level=max(LEVELS[level], logging.WARNING), stream=stream,
-                        format="%(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    root.handlers = [LibraryLogs()]
+    root.setLevel(max(LEVELS[level], logging.WARNING))
 
 
 atexit.register(flush)

@@ -178,3 +178,25 @@ def test_port_in_use_is_one_line_and_exit_2() -> None:
                       + errors[0].split("(", 1)[1]]
     assert "Traceback" not in result.stderr
     assert "Unclosed" not in result.stderr
+
+
+def test_malformed_client_requests_log_one_json_line_each(simulator_url: str) -> None:
+    """A malformed request from any local client is one JSON log line, never a traceback."""
+    import socket  # noqa: PLC0415
+
+    port = free_port()
+    env = {**DEMO_ENV, "ZCOMPUTE_URL": simulator_url, "ZCOMPUTE_LOG_FORMAT": "json"}
+    with running(["serve", "--listen", f"127.0.0.1:{port}"],
+                 f"http://127.0.0.1:{port}/_proxy/health", env) as proxy:
+        for data in (b"GET api/v2 HTTP/1.1\r\nHost: localhost\r\n\r\n",
+                     b"GET /x HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1\r\n"
+                     b"Content-Length: 2\r\n\r\n"):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                sock.sendall(data)
+                assert sock.recv(100).startswith(b"HTTP/1.0 400")
+    lines = proxy.stderr().splitlines()
+    assert lines
+    assert all(line.startswith("{") for line in lines), lines
+    bad = [json.loads(line) for line in lines if "aiohttp.server" in line]
+    assert len(bad) == 2
+    assert {event["level"] for event in bad} == {"info"}
