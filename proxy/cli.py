@@ -46,27 +46,33 @@ def _config_options(parser: argparse.ArgumentParser) -> None:
                        help="full identity URL [ZCOMPUTE_IDENTITY_URL] "
                             "(default: UPSTREAM/api/v2/identity/auth)")
     group.add_argument("--listen", metavar="HOST:PORT",
-                       help="default 127.0.0.1:8080; or unix:/PATH (a 0600 unix socket)")
+                       help="default 127.0.0.1:8080; or unix:/PATH (a 0600 unix socket) "
+                            "[ZCOMPUTE_LISTEN]")
     group.add_argument("--username", help="[ZCOMPUTE_USERNAME]")
     group.add_argument("--account", help="account (Keystone domain) name [ZCOMPUTE_ACCOUNT]")
     group.add_argument("--project", help="default project [ZCOMPUTE_PROJECT]")
     group.add_argument("--mfa", choices=("auto", "combined", "receipt"),
                        help="how to send TOTP codes [ZCOMPUTE_MFA] (default auto)")
-    group.add_argument("--ca-bundle", metavar="FILE", help="CA bundle for the upstream's TLS")
+    group.add_argument("--ca-bundle", metavar="FILE",
+                       help="CA bundle for the upstream's TLS [ZCOMPUTE_CA_BUNDLE]")
     group.add_argument("--insecure", action="store_const", const=True,
-                       help="do not verify the upstream's TLS certificate (warns)")
+                       help="do not verify the upstream's TLS certificate (warns) "
+                            "[ZCOMPUTE_INSECURE]")
     group.add_argument("--renew-margin", type=float, metavar="SECONDS",
-                       help="never use a token with less than this left (default automatic)")
+                       help="never use a token with less than this left (default automatic) "
+                            "[ZCOMPUTE_RENEW_MARGIN]")
     group.add_argument("--mfa-wait", type=float, metavar="SECONDS",
                        help="how long a request waits for a person to give a TOTP code "
-                            "(default 60)")
+                            "(default 60) [ZCOMPUTE_MFA_WAIT]")
     group.add_argument("--revoke-on-exit", action="store_const", const=True,
-                       help="revoke our tokens when the proxy stops")
+                       help="revoke our tokens when the proxy stops [ZCOMPUTE_REVOKE_ON_EXIT]")
     group.add_argument("--route", action="append", default=[], metavar="[METHOD ]PATTERN=SCOPE",
                        help="route rule, repeatable; SCOPE is account, project, project:NAME "
                             "or none; e.g. --route '/api/v2/foo/**=account'")
-    group.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
-    group.add_argument("--log-format", choices=("auto", "console", "json"))
+    group.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                       help="default info [ZCOMPUTE_LOG_LEVEL]")
+    group.add_argument("--log-format", choices=("auto", "console", "json"),
+                       help="auto: readable on a terminal, JSON otherwise [ZCOMPUTE_LOG_FORMAT]")
     _security_options(parser)
 
 
@@ -86,7 +92,8 @@ def _security_options(parser: argparse.ArgumentParser) -> None:
                        help="clients must send Proxy-Authorization: Bearer <its content> "
                             "[ZCOMPUTE_ACCESS_KEY_FILE]")
     group.add_argument("--allow-remote", action="store_const", const=True,
-                       help="allow a non-loopback --listen without an access key (warns)")
+                       help="allow a non-loopback --listen without an access key (warns) "
+                            "[ZCOMPUTE_ALLOW_REMOTE]")
 
 
 def build_parser(running: str | None = None) -> argparse.ArgumentParser:
@@ -139,7 +146,8 @@ def build_parser(running: str | None = None) -> argparse.ArgumentParser:
              "zcompute-proxy totp 123456")):
         sub = command(name, help_text, example)
         if name == "totp":
-            sub.add_argument("code", metavar="CODE", help="the 6-digit code")
+            sub.add_argument("code", metavar="CODE",
+                             help="the code from your authenticator (6 to 8 digits)")
         sub.add_argument("--proxy-url", metavar="URL",
                          help="the running proxy (default: http://LISTEN from the configuration)")
         _config_options(sub)

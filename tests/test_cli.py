@@ -200,3 +200,13 @@ def test_malformed_client_requests_log_one_json_line_each(simulator_url: str) ->
     bad = [json.loads(line) for line in lines if "aiohttp.server" in line]
     assert len(bad) == 2
     assert {event["level"] for event in bad} == {"info"}
+
+
+def test_every_flag_names_its_environment_variable() -> None:
+    """`serve --help` names the environment variable of every flag that has one."""
+    from proxy.config import ENVIRONMENT, FLAGS  # noqa: PLC0415
+
+    text = " ".join(run(["serve", "--help"]).stdout.split())
+    for key, flag in FLAGS.items():
+        if key in ENVIRONMENT:
+            assert f"[{ENVIRONMENT[key]}]" in text, flag
