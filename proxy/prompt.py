@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import termios
 from typing import Final, TextIO
 
 from proxy.credentials import HumanPasscodes, PasscodeSource
@@ -16,6 +17,7 @@ class TerminalPrompt:
 
     The event loop watches stdin for readability; a line is read only when the terminal has
     one ready, so nothing blocks. Lines typed while no login waits are ignored with a note.
+    The code is not echoed while the prompt waits (as ssh does for verification codes).
     """
 
     def __init__(self, passcodes: HumanPasscodes, stdin: TextIO, out: TextIO) -> None:
@@ -25,16 +27,28 @@ class TerminalPrompt:
         self._loop.add_reader(stdin.fileno(), self._on_line)
 
     def close(self) -> None:
-        """Stop watching stdin."""
+        """Stop watching stdin (and give the terminal its echo back)."""
+        self._echo(on=True)
         self._loop.remove_reader(self._stdin.fileno())
         self._passcodes.on_needed.remove(self._ask)
 
     def _ask(self) -> None:
+        self._echo(on=False)
         self._out.write("\nzcompute-proxy: enter the TOTP code from your authenticator: ")
         self._out.flush()
 
+    def _echo(self, *, on: bool) -> None:
+        try:
+            attrs = termios.tcgetattr(self._stdin.fileno())
+            attrs[3] = attrs[3] | termios.ECHO if on else attrs[3] & ~termios.ECHO
+            termios.tcsetattr(self._stdin.fileno(), termios.TCSANOW, attrs)
+        except (termios.error, OSError, ValueError):
+            pass  # not a terminal (or already closed): nothing to hide
+
     def _on_line(self) -> None:
         line = self._stdin.readline()
+        self._echo(on=True)
+        self._out.write("\n")
         if not line:  # end of input: stop watching
             self._loop.remove_reader(self._stdin.fileno())
             return

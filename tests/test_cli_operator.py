@@ -140,11 +140,13 @@ def _prompt_scenario(simulator_url: str) -> None:
             _status(f"{base}/api/v2/compute/vms")))
         waiter.start()
         _wait_for_mfa_prompt(base)
-        os.write(master, pyotp.TOTP(simulator.DEFAULT_TOTP_SECRET).now().encode() + b"\n")
+        code = pyotp.TOTP(simulator.DEFAULT_TOTP_SECRET).now()
+        os.write(master, code.encode() + b"\n")
         waiter.join(30)
         assert result == [200]
         screen = _drain(master)
         assert "enter the TOTP code from your authenticator" in screen
+        assert code not in screen  # not echoed
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
