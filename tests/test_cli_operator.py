@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pty
 import signal
@@ -26,6 +27,15 @@ BOB = {"ZCOMPUTE_USERNAME": simulator.BOB, "ZCOMPUTE_ACCOUNT": simulator.DEFAULT
 @pytest.fixture(scope="module")
 def simulator_url() -> Iterator[str]:
     """`zcompute-proxy simulate` on a free port."""
+    port = free_port()
+    with running(["simulate", "--listen", f"127.0.0.1:{port}"],
+                 f"http://127.0.0.1:{port}/_sim/stats"):
+        yield f"http://127.0.0.1:{port}"
+
+
+@contextlib.contextmanager
+def fresh_simulator() -> Iterator[str]:
+    """A simulator of the test's own, where no TOTP code has been used yet."""
     port = free_port()
     with running(["simulate", "--listen", f"127.0.0.1:{port}"],
                  f"http://127.0.0.1:{port}/_sim/stats"):
@@ -111,10 +121,8 @@ def test_totp_command_feeds_a_waiting_login(simulator_url: str) -> None:
 
 def test_terminal_prompt_reads_a_code_typed_on_the_tty() -> None:
     """Run in a terminal without a secret, the proxy prompts and takes the typed code."""
-    sim_port = free_port()  # a simulator of its own: the other tests' codes are spent there
-    with running(["simulate", "--listen", f"127.0.0.1:{sim_port}"],
-                 f"http://127.0.0.1:{sim_port}/_sim/stats"):
-        _prompt_scenario(f"http://127.0.0.1:{sim_port}")
+    with fresh_simulator() as url:
+        _prompt_scenario(url)
 
 
 def _prompt_scenario(simulator_url: str) -> None:
@@ -271,10 +279,8 @@ def test_one_shot_commands_fail_fast_for_mfa_without_a_terminal(simulator_url: s
 
 def test_token_prompts_for_the_code_on_a_terminal() -> None:
     """`token` run in a terminal asks for the code and prints the token."""
-    sim_port = free_port()  # a simulator of its own: the other tests' codes are spent there
-    with running(["simulate", "--listen", f"127.0.0.1:{sim_port}"],
-                 f"http://127.0.0.1:{sim_port}/_sim/stats"):
-        _token_at_a_prompt(f"http://127.0.0.1:{sim_port}")
+    with fresh_simulator() as url:
+        _token_at_a_prompt(url)
 
 
 def _token_at_a_prompt(simulator_url: str) -> None:
