@@ -153,56 +153,73 @@ def _file_response(content: tuple[bytes, str]) -> web.Response:
                         headers=PAGE_HEADERS)
 
 
-def add_routes(app: web.Application, services_key: web.AppKey[Services]) -> None:
-    """Register the admin handlers on `app`."""
-    started = time.monotonic()
-    files = _static_files()
+class AdminHandlers:
+    """The `/_proxy/*` handlers, reading the running proxy's Services from the app."""
 
-    async def health(_request: web.Request) -> web.Response:
+    def __init__(self, services_key: web.AppKey[Services]) -> None:
+        self._key = services_key
+        self._started = time.monotonic()
+        self._files = _static_files()
+
+    def _services(self, request: web.Request) -> Services:
+        return request.app[self._key]
+
+    async def health(self, _request: web.Request) -> web.Response:
+        """Liveness: 200 while the process serves."""
         return web.json_response({"status": "ok"})
 
-    async def ready(request: web.Request) -> web.Response:
-        status, body = readiness(request.app[services_key])
+    async def ready(self, request: web.Request) -> web.Response:
+        """Readiness (see `readiness`)."""
+        status, body = readiness(self._services(request))
         return web.json_response(body, status=status)
 
-    async def metrics(request: web.Request) -> web.Response:
-        body = request.app[services_key].metrics.render()
+    async def metrics(self, request: web.Request) -> web.Response:
+        """Prometheus text format."""
+        body = self._services(request).metrics.render()
         return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
 
-    async def page(_request: web.Request) -> web.Response:
-        return _file_response(files["status.html"])
+    async def page(self, _request: web.Request) -> web.Response:
+        """The status page."""
+        return _file_response(self._files["status.html"])
 
-    async def static(request: web.Request) -> web.Response:
-        content = files.get(request.match_info["name"])
+    async def static(self, request: web.Request) -> web.Response:
+        """The page's script and style sheet (nothing else from the folder)."""
+        content = self._files.get(request.match_info["name"])
         if content is None or content[1] == "text/html":
             raise web.HTTPNotFound()
         return _file_response(content)
 
-    async def status(request: web.Request) -> web.Response:
-        return web.json_response(status_document(request.app[services_key], started))
+    async def status(self, request: web.Request) -> web.Response:
+        """The JSON status document."""
+        return web.json_response(status_document(self._services(request), self._started))
 
-    async def login(request: web.Request) -> web.Response:
-        return await _login(request.app[services_key])
+    async def login(self, request: web.Request) -> web.Response:
+        """Clear a rejected login and log in again now."""
+        return await _login(self._services(request))
 
-    async def totp(request: web.Request) -> web.Response:
+    async def totp(self, request: web.Request) -> web.Response:
+        """Give a waiting login a TOTP code."""
         try:
-            return await _totp(request, request.app[services_key])
+            return await _totp(request, self._services(request))
         except ProxyError as exc:
             return _error(exc)
 
-    async def reload(request: web.Request) -> web.Response:
+    async def reload(self, request: web.Request) -> web.Response:
+        """Re-read the configuration and secret files."""
         try:
-            return await _reload(request.app[services_key])
+            return await _reload(self._services(request))
         except ProxyError as exc:
             return _error(exc)
 
-    app.router.add_get(f"{PREFIX}/", page)
-    app.router.add_get(PREFIX, page)
-    app.router.add_get(f"{PREFIX}/static/{{name}}", static)
-    app.router.add_get(f"{PREFIX}/ready", ready)
-    app.router.add_get(f"{PREFIX}/metrics", metrics)
-    app.router.add_get(f"{PREFIX}/health", health)
-    app.router.add_get(f"{PREFIX}/status", status)
-    app.router.add_post(f"{PREFIX}/login", login)
-    app.router.add_post(f"{PREFIX}/totp", totp)
-    app.router.add_post(f"{PREFIX}/reload", reload)
+
+def add_routes(app: web.Application, services_key: web.AppKey[Services]) -> None:
+    """Register the admin handlers on `app`."""
+    handlers = AdminHandlers(services_key)
+    for path, handler in (("/", handlers.page), ("", handlers.page),
+                          ("/static/{name}", handlers.static), ("/ready", handlers.ready),
+                          ("/metrics", handlers.metrics), ("/health", handlers.health),
+                          ("/status", handlers.status)):
+        app.router.add_get(f"{PREFIX}{path}", handler)
+    for path, handler in (("/login", handlers.login), ("/totp", handlers.totp),
+                          ("/reload", handlers.reload)):
+        app.router.add_post(f"{PREFIX}{path}", handler)

@@ -96,6 +96,9 @@ def _security_options(parser: argparse.ArgumentParser) -> None:
                             "[ZCOMPUTE_ALLOW_REMOTE]")
 
 
+Command = Callable[[str, str, str], argparse.ArgumentParser]
+
+
 def build_parser(running: str | None = None) -> argparse.ArgumentParser:
     """The argument parser with every command. Given the command `running`, the simulator's
     flags (which import aiohttp) are only added if it takes them: `--help` stays fast."""
@@ -111,6 +114,14 @@ def build_parser(running: str | None = None) -> argparse.ArgumentParser:
                                    epilog=f"example:\n  {example}",
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
 
+    _add_serve(command)
+    _add_simulator_commands(command, running)
+    _add_one_shot_commands(command)
+    _add_control_commands(command)
+    return parser
+
+
+def _add_serve(command: Command) -> None:
     serve = command("serve", "run the proxy (the default command)",
                     "zcompute-proxy serve --upstream https://zc.example.com")
     _config_options(serve)
@@ -119,6 +130,9 @@ def build_parser(running: str | None = None) -> argparse.ArgumentParser:
     serve.add_argument("--loop", choices=LOOPS, default=os.environ.get("ZCOMPUTE_LOOP", "auto"),
                        help="event loop [ZCOMPUTE_LOOP]: auto (the default) is uvloop when it "
                             "is installed (pip install 'zcompute-proxy[speed]'), else asyncio")
+
+
+def _add_simulator_commands(command: Command, running: str | None) -> None:
     simulate = command("simulate", "run the built-in zCompute simulator",
                        "zcompute-proxy simulate --listen 127.0.0.1:9090 --mfa")
     demo = command("demo", "run the simulator and the proxy together, print curl lines",
@@ -130,6 +144,9 @@ def build_parser(running: str | None = None) -> argparse.ArgumentParser:
         if running in (None, name):
             _simulator_arguments(sub)
     demo.add_argument("--simulator-listen", default=DEFAULT_SIMULATOR_LISTEN, metavar="HOST:PORT")
+
+
+def _add_one_shot_commands(command: Command) -> None:
     token = command("token", "log in and print a token on stdout",
                     "curl -H \"X-Auth-Token: $(zcompute-proxy token)\" https://zc.example.com/...")
     token.add_argument("--scope", default="project", metavar="account|project[:NAME]",
@@ -137,6 +154,14 @@ def build_parser(running: str | None = None) -> argparse.ArgumentParser:
     _config_options(token)
     _config_options(command("check", "validate the configuration and try each login",
                             "zcompute-proxy check --config ~/.config/zcompute-proxy/config.toml"))
+    routes = command("routes", "show which scope each path gets and which rule decides",
+                     "zcompute-proxy routes --method POST /api/v2/compute/vms")
+    routes.add_argument("paths", nargs="+", metavar="PATH")
+    routes.add_argument("--method", default="GET", type=str.upper)
+    _config_options(routes)
+
+
+def _add_control_commands(command: Command) -> None:
     for name, help_text, example in (
             ("login", "tell the running proxy to clear failures and log in again now",
              "zcompute-proxy login"),
@@ -151,12 +176,6 @@ def build_parser(running: str | None = None) -> argparse.ArgumentParser:
         sub.add_argument("--proxy-url", metavar="URL",
                          help="the running proxy (default: http://LISTEN from the configuration)")
         _config_options(sub)
-    routes = command("routes", "show which scope each path gets and which rule decides",
-                     "zcompute-proxy routes --method POST /api/v2/compute/vms")
-    routes.add_argument("paths", nargs="+", metavar="PATH")
-    routes.add_argument("--method", default="GET", type=str.upper)
-    _config_options(routes)
-    return parser
 
 
 def _simulator_arguments(parser: argparse.ArgumentParser) -> None:
