@@ -101,7 +101,7 @@ class Forwarder:
                                         request.headers.get(PROJECT_HEADER))
             if route.scope.kind is not ScopeKind.NONE:
                 token = await self.tokens.get(route.scope)
-            response = await self._exchange(request, route, token)
+            response, token = await self._exchange(request, route, token)
         except ProxyError as exc:
             response = refusal(request, exc)
         except asyncio.CancelledError:
@@ -116,12 +116,14 @@ class Forwarder:
                 body_bytes=response.body_length, upload_bytes=request.content.total_bytes)
         return response
 
-    async def _exchange(self, request: web.Request, route: Route,
-                        token: Token | None) -> web.StreamResponse:
+    async def _exchange(self, request: web.Request, route: Route, token: Token | None,
+                        ) -> tuple[web.StreamResponse, Token | None]:
+        """Send the request and relay the answer; also the token finally used (after a 401
+        the request may have been replayed with a new one)."""
         url = URL(self.base + route.target, encoded=True)
         if is_websocket_upgrade(request):
             headers = upstream_headers(request.headers, token)
-            return await websocket.relay(request, self.session, url, headers)
+            return await websocket.relay(request, self.session, url, headers), token
         if expects_continue(request):
             await _send_continue(request)
         body, replayable = await _request_body(request, self.replay_limit) \
@@ -131,7 +133,7 @@ class Forwarder:
             retry = self.tokens.invalidate(token)
             if not replayable:
                 upstream.release()
-                return error_response(TokenRejected(route.scope, renewed=retry))
+                return error_response(TokenRejected(route.scope, renewed=retry)), token
             if retry:
                 upstream.release()
                 token = await self.tokens.get(route.scope)
@@ -139,7 +141,7 @@ class Forwarder:
         if token is not None and upstream.status != 401:
             self.tokens.confirm(token)
         try:
-            return await _relay(request, upstream)
+            return await _relay(request, upstream), token
         finally:
             upstream.release()
 

@@ -329,3 +329,19 @@ async def test_row39_second_revocation_within_10s_is_still_recovered(rig: RigFac
     assert (await _get(p))[0] == 200  # TOK-C, although the last renewal was 3 s ago
     assert u.tokens[-1] == "TOK-C"
     assert k.logins == 3
+
+
+async def test_access_log_names_the_token_a_replay_used(rig: RigFactory) -> None:
+    """After a 401 and a replay, the access line shows the new token's fingerprint."""
+    from structlog.testing import capture_logs  # noqa: PLC0415
+
+    from proxy.secret import fingerprint  # noqa: PLC0415
+
+    clock = FakeClock(START)
+    _k, u, p = await rig(clock)
+    assert (await _get(p))[0] == 200
+    u.refuse.add("TOK-A")
+    with capture_logs() as logs:
+        assert (await _get(p))[0] == 200
+    (line,) = [e for e in logs if e["event"] == "request"]
+    assert line["token"] == fingerprint("TOK-B")
