@@ -11,7 +11,6 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Final
 
-import aiohttp
 from aiohttp import web
 
 from proxy import admin
@@ -24,7 +23,6 @@ from proxy.tokens import TokenManager
 
 TOKENS: Final = web.AppKey("tokens", TokenManager)
 FORWARDER: Final = web.AppKey("forwarder", Forwarder)
-SESSION: Final = web.AppKey("session", aiohttp.ClientSession)
 SHUTDOWN_TIMEOUT: Final = 1.0  # after the drain (server.drain), for connections left idle
 
 
@@ -66,7 +64,7 @@ def create_app(config: Config, *, clock: Clock | None = None,
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         services = build_services(config, clock)
         services.loader = loader
-        app[SERVICES], app[SESSION], app[TOKENS] = services, services.session, services.tokens
+        app[SERVICES], app[TOKENS] = services, services.tokens
         app[FORWARDER] = Forwarder(services.session, config.upstream.url, services.routes,
                                    services.tokens, config.tokens.replay_limit,
                                    config.max_header_size, services.metrics)

@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestServer
 
 from benchmarks import streaming
 from proxy import simulator
-from proxy.app import SESSION
+from proxy.app import SERVICES
 from tests.bugcase_support import (
     captured_logs,
     events_named,
@@ -55,7 +55,7 @@ async def test_row27_long_stream_not_cut_at_300s(
     async with raw_upstream(_chunks_every(0.25, 16)) as upstream:
         proxy = await proxy_to(start_simulator, start_proxy, upstream.url, read_timeout=0.5)
         assert proxy.app is not None
-        timeout = proxy.app[SESSION].timeout
+        timeout = proxy.app[SERVICES].session.timeout
         assert (timeout.total, timeout.sock_read) == (None, 0.5)
         async with await RawClient.connect(proxy.port or 0) as client:
             await client.send(request_bytes("GET", "/v1/slow"))
